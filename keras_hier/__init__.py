@@ -1,0 +1,73 @@
+"""keras_hier: hierarchy-aware classification for Keras.
+
+Class hierarchies with tree distances (`Hierarchy`), losses and heads that plug
+into `model.compile` (`SimLoss`, `NormFaceHead`, `ProxyDRHead`, `CORRLoss`, ...),
+evaluation of what a model learned about the hierarchy, and export to
+TF-Serving SavedModels with hierarchy-consistent predictions.
+
+Names are imported lazily, so `keras_hier.Hierarchy` does not import
+TensorFlow.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_EXPORTS = {
+    # the tree
+    "Hierarchy": "hierarchy",
+    # similarity matrices
+    "tree_similarity": "similarity",
+    "ordinal_similarity": "similarity",
+    "similarity_from_scores": "similarity",
+    "validate_similarity": "similarity",
+    "mds_proxies": "similarity",
+    # losses
+    "SimLoss": "losses",
+    "HierarchicalCrossEntropy": "losses",
+    "SoftLabelCrossEntropy": "losses",
+    "CORRLoss": "losses",
+    # heads and models
+    "NormFaceHead": "layers",
+    "ProxyDRHead": "layers",
+    "initial_dynamic_scale": "layers",
+    "build_classifier": "models",
+    # evaluation
+    "hierarchical_inference": "evaluation",
+    "class_representatives": "evaluation",
+    "hierarchy_informed": "evaluation",
+    "retrieval": "evaluation",
+    "evaluate": "evaluation",
+    "report": "evaluation",
+    # decoding and export
+    "node_marginals": "decoding",
+    "decode": "decoding",
+    "export_saved_model": "export",
+    # data
+    "load_dataset": "data",
+}
+
+_SUBMODULES = (
+    "hierarchy", "hierarchies", "wordnet", "similarity", "ops", "losses", "layers",
+    "models", "metrics", "evaluation", "plots", "decoding", "export", "data", "backbones",
+)
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"keras_hier.{_EXPORTS[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"keras_hier.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'keras_hier' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

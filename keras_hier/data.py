@@ -1,0 +1,560 @@
+"""Datasets for hierarchy-aware training: arrays, IDX files, image folders, tfds.
+
+`load_arrays` reads raw data into memory (uint8 images, int64 labels, class
+names) from local sources; `load_dataset` adds the hierarchy, a seeded
+train/validation split, the paper's augmentation and a batched, prefetched
+`tf.data.Dataset`.
+
+Sources (`name_or_path`):
+- a `.npz` file, a directory or glob of `.npz` parts with keys `images`,
+  `labels` and optionally `label_names` (`split` picks `*train*` vs `*test*`
+  files in a directory). Loaded without pickle.
+- a directory of MNIST-style IDX files (`train-images-idx3-ubyte[.gz]`,
+  `t10k-labels-idx1-ubyte[.gz]`, ...), e.g. Debian's
+  `/usr/share/datasets/fashion-mnist`.
+- an image folder of nested class folders (`root/Animals/cat/001.jpg`); the
+  hierarchy is `Hierarchy.from_directory(root)`. An optional `train/` and
+  `test/` level below the root is honoured.
+- a tensorflow-datasets name (`cifar100`, `cifar10`, `fashion_mnist`, or any
+  image classification set with a user hierarchy), read from `data_dir` /
+  `TFDS_DATA_DIR`. When the data is not prepared and the download host cannot
+  be reached, it fails within seconds with a message listing local sources.
+"""
+
+import dataclasses
+import glob
+import gzip
+import math
+import os
+import pathlib
+import re
+import socket
+import threading
+import urllib.parse
+
+import numpy as np
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+# tfds names with a built-in hierarchy (keras_hier.hierarchies.<function>)
+BUILTIN_HIERARCHIES = {"cifar100": "cifar100", "cifar10": "cifar10",
+                       "fashion_mnist": "fashion_mnist"}
+# local copies used when tfds cannot download (Debian's dataset-* packages)
+LOCAL_FALLBACKS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
+                   "mnist": ("/usr/share/datasets/mnist",)}
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+_IDX_PREFIX = {"train": "train", "test": "t10k"}
+
+
+# --------------------------------------------------------------------------- raw arrays
+def load_arrays(source, split="train", image_size=None):
+    """Reads a local dataset into memory.
+
+    Args:
+        source: path of a `.npz` file, a directory or glob of `.npz` parts, a
+            directory of IDX files, or an image folder (see module docstring).
+        split: `"train"` or `"test"`.
+        image_size: `(height, width)` to resize image-folder images to; by
+            default the size of the first image (all must then agree).
+
+    Returns:
+        `(images, labels, class_names)`: uint8 `[N, H, W, C]`, int64 `[N]`,
+        `list[str]` indexed by label.
+
+    Example:
+        >>> images, labels, names = load_arrays("cifar10_jpeg/", "test")  # doctest: +SKIP
+    """
+    _check_split(split)
+    src = str(source)
+    if any(ch in src for ch in "*?[") and not os.path.exists(src):
+        files = sorted(glob.glob(src))
+        if not files:
+            raise ValueError(f"load_arrays: the glob {src!r} matches no file")
+        return _load_npz_files(files)
+    path = pathlib.Path(src).expanduser()
+    if not path.exists():
+        raise ValueError(f"load_arrays: {src!r} does not exist")
+    if path.is_file():
+        if path.suffix == ".npz":
+            return _load_npz_files([path])
+        raise ValueError(f"load_arrays: unsupported file {src!r} (expected .npz)")
+    if _idx_files(path, split) is not None:
+        return _load_idx(path, split)
+    npz = sorted(path.glob("*.npz"))
+    if npz:
+        wanted = [f for f in npz if split in f.name]
+        if not wanted and len(npz) == 1:
+            wanted = npz
+        if not wanted:
+            raise ValueError(f"load_arrays: no {split!r} .npz file in {src!r} "
+                             f"(found {[f.name for f in npz]})")
+        return _load_npz_files(wanted)
+    root, hierarchy = _image_folder_root(path, split)
+    return _load_image_folder(root, hierarchy, image_size)[:3]
+
+
+def _check_split(split):
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
+def _load_npz_files(files):
+    images, labels, names = [], [], None
+    for f in files:
+        with np.load(f, allow_pickle=False) as z:
+            for key in ("images", "labels"):
+                if key not in z.files:
+                    raise ValueError(f"{f}: missing key {key!r} (has {z.files})")
+            images.append(np.asarray(z["images"]))
+            labels.append(np.asarray(z["labels"]).astype(np.int64).reshape(-1))
+            if "label_names" in z.files:
+                part = [str(n) for n in z["label_names"]]
+                if names is not None and part != names:
+                    raise ValueError(f"{f}: label_names differ from the other parts")
+                names = part
+    images = np.concatenate(images)
+    labels = np.concatenate(labels)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8:
+        raise ValueError(f"{files[0]}: images must be uint8, got {images.dtype}")
+    if names is None:
+        names = [str(i) for i in range(int(labels.max()) + 1)]
+    return images, labels, names
+
+
+def _idx_files(path, split):
+    prefix = _IDX_PREFIX[split]
+    found = []
+    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        for name in (f"{prefix}-{kind}", f"{prefix}-{kind}.gz"):
+            if (path / name).is_file():
+                found.append(path / name)
+                break
+        else:
+            return None
+    return found
+
+
+def read_idx(path):
+    """Reads one IDX file (MNIST format, optionally gzip'd) into a NumPy array."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if data[2] not in dtypes:
+        raise ValueError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
+    if array.size != math.prod(shape):
+        raise ValueError(f"{path}: header says {shape} but holds {array.size} values")
+    return array.reshape(shape).astype(array.dtype.newbyteorder("="))
+
+
+def _load_idx(path, split):
+    image_file, label_file = _idx_files(path, split)
+    images, labels = read_idx(image_file), read_idx(label_file).astype(np.int64)
+    if images.dtype != np.uint8:
+        raise ValueError(f"{image_file}: images must be unsigned bytes")
+    if len(images) != len(labels):
+        raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
+    if images.ndim == 3:
+        images = images[..., None]
+    num = int(labels.max()) + 1
+    if "fashion" in str(path).lower() and num == len(FASHION_MNIST_CLASSES):
+        names = list(FASHION_MNIST_CLASSES)
+    else:
+        names = [str(i) for i in range(num)]
+    return images, labels, names
+
+
+def _image_folder_root(path, split):
+    from keras_hier.hierarchy import Hierarchy
+
+    sub = path / split
+    root = sub if sub.is_dir() and (path / ("test" if split == "train" else "train")).is_dir() else path
+    try:
+        hierarchy = Hierarchy.from_directory(str(root))
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{path}: not a .npz, IDX or image-folder dataset ({err})") from err
+    return root, hierarchy
+
+
+def _class_of_folder(hierarchy, root):
+    """Maps a folder's path parts relative to `root` to a class id."""
+    lookup = {}
+    for cid, folder in enumerate(getattr(hierarchy, "class_folders", ()) or ()):
+        lookup[tuple(pathlib.Path(os.path.relpath(folder, root)).parts)] = cid
+    for cid, p in enumerate(hierarchy.paths):
+        lookup.setdefault(tuple(p), cid)
+        if len(p) >= 2 and p[-1] == p[-2]:  # a class that also has sub-classes
+            lookup.setdefault(tuple(p[:-1]), cid)
+    return lookup
+
+
+def _load_image_folder(root, hierarchy, image_size=None):
+    import tensorflow as tf
+
+    lookup = _class_of_folder(hierarchy, root)
+    files, labels = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        parts = tuple(pathlib.Path(dirpath).relative_to(root).parts)
+        for name in sorted(filenames):
+            if name.lower().endswith(_IMAGE_EXTENSIONS) and not name.startswith("."):
+                if parts not in lookup:
+                    raise ValueError(f"{dirpath}: folder is not a class of the hierarchy")
+                files.append(os.path.join(dirpath, name))
+                labels.append(lookup[parts])
+    if not files:
+        raise ValueError(f"{root}: no image files ({', '.join(_IMAGE_EXTENSIONS)})")
+    images = []
+    for f in files:
+        img = tf.io.decode_image(tf.io.read_file(f), expand_animations=False).numpy()
+        if image_size is None:
+            image_size = img.shape[:2]
+        if img.shape[:2] != tuple(image_size):
+            img = tf.cast(tf.round(tf.image.resize(img, image_size)), tf.uint8).numpy()
+        if images and img.shape[-1] != images[0].shape[-1]:
+            raise ValueError(f"{f}: {img.shape[-1]} channels, the first image has "
+                             f"{images[0].shape[-1]}")
+        images.append(img)
+    return (np.stack(images), np.asarray(labels, np.int64), list(hierarchy.classes), hierarchy)
+
+
+# --------------------------------------------------------------------------- tfds
+def _reachable(hosts, timeout=3.0):
+    """True when a TCP connection to any (host, port) opens within `timeout` s."""
+    result = []
+
+    def probe(host, port):
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=probe, args=hp, daemon=True) for hp in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:  # bounded even when DNS hangs
+        t.join(timeout)
+    return bool(result)
+
+
+def _offline_message(name, data_dir, manual_dir, builder):
+    files = sorted({info.filename for info in (builder.url_infos or {}).values()
+                    if info.filename})
+    return (
+        f"tfds dataset {name!r} is not prepared in {builder.data_dir} and its download "
+        f"host is unreachable. Point keras_hier at local data instead:\n"
+        f"  - data_dir=DIR (or TFDS_DATA_DIR) holding prepared tfds data "
+        f"(DIR/{name}/<version>/, e.g. copied from a machine with network);\n"
+        f"  - manual_dir=DIR holding the original archive(s) {files or '(see tfds docs)'};\n"
+        f"  - a .npz file or directory of .npz parts (keys images, labels, label_names);\n"
+        f"  - a directory of MNIST-style IDX files (e.g. /usr/share/datasets/fashion-mnist "
+        f"from Debian's dataset-fashion-mnist);\n"
+        f"  - an image folder of nested class folders.")
+
+
+def _tfds_arrays(name, split, data_dir=None, manual_dir=None, timeout=3.0):
+    """Loads a tfds image classification set into memory, failing fast offline."""
+    import tensorflow_datasets as tfds
+
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as err:  # DatasetNotFoundError and friends
+        raise ValueError(f"{name!r} is neither a local path nor a tfds dataset ({err})") from None
+    if not builder.is_prepared():
+        urls = list(builder.url_infos or {})
+        files = [builder.url_infos[u].filename for u in urls]
+        manual = manual_dir and all(f and (pathlib.Path(manual_dir) / f).exists() for f in files)
+        if manual:
+            config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
+            builder.download_and_prepare(download_config=config)
+        else:
+            hosts = {(urllib.parse.urlparse(u).hostname, urllib.parse.urlparse(u).port
+                      or (443 if u.startswith("https") else 80)) for u in urls}
+            hosts.add(("storage.googleapis.com", 443))  # tfds' prepared-data mirror
+            if not _reachable(sorted(hosts), timeout):
+                for local in LOCAL_FALLBACKS.get(name, ()):
+                    if os.path.isdir(local) and _idx_files(pathlib.Path(local), split):
+                        return _load_idx(pathlib.Path(local), split)
+                raise ConnectionError(_offline_message(name, data_dir, manual_dir, builder))
+            builder.download_and_prepare()
+    keys = builder.info.supervised_keys or ("image", "label")
+    label_feature = builder.info.features[keys[1]]
+    names = list(getattr(label_feature, "names", None) or [])
+    tf_split = "train" if split == "train" else "test"
+    ds = builder.as_dataset(split=tf_split, as_supervised=True, shuffle_files=False)
+    images, labels = [], []
+    for x, y in tfds.as_numpy(ds.batch(4096)):
+        images.append(x)
+        labels.append(y)
+    images, labels = np.concatenate(images), np.concatenate(labels).astype(np.int64)
+    if not names:
+        names = [str(i) for i in range(int(labels.max()) + 1)]
+    return images, labels, names
+
+
+# --------------------------------------------------------------------------- hierarchy matching
+def _normalise(name):
+    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
+
+
+def _generic_names(names):
+    return all(str(n) == str(i) for i, n in enumerate(names))
+
+
+def align_labels(labels, class_names, hierarchy):
+    """Re-indexes dataset labels to the class order of `hierarchy`.
+
+    Class names are compared case- and punctuation-insensitively
+    (`"T-shirt/top"` matches `"t_shirt_top"`). Datasets without real names
+    (`"0"`, `"1"`, ...) are taken to be in the hierarchy's order.
+
+    Args:
+        labels: int array of dataset label ids.
+        class_names: the dataset's class names, indexed by label.
+        hierarchy: a `keras_hier.Hierarchy`.
+
+    Returns:
+        int64 array of hierarchy class ids.
+
+    Raises:
+        ValueError: naming the dataset classes the hierarchy lacks.
+    """
+    labels = np.asarray(labels, np.int64)
+    if len(class_names) > hierarchy.num_classes:
+        raise ValueError(f"the dataset has {len(class_names)} classes but the hierarchy "
+                         f"only {hierarchy.num_classes}")
+    if _generic_names(class_names):
+        return labels
+    index = {_normalise(c): i for i, c in enumerate(hierarchy.classes)}
+    missing = [n for n in class_names if _normalise(n) not in index]
+    if missing:
+        raise ValueError(f"dataset classes not in the hierarchy: {missing[:10]}"
+                         f"{' ...' if len(missing) > 10 else ''}")
+    mapping = np.array([index[_normalise(n)] for n in class_names], np.int64)
+    return mapping[labels]
+
+
+def _builtin_hierarchy(key, class_names):
+    from keras_hier import hierarchies
+
+    if key is None:  # recognise a built-in set from its class names
+        wanted = {_normalise(n) for n in class_names}
+        for candidate in ("cifar10", "fashion_mnist", "cifar100"):
+            h = getattr(hierarchies, candidate)()
+            if {_normalise(c) for c in h.classes} == wanted:
+                return h
+        return None
+    return getattr(hierarchies, key)()
+
+
+# --------------------------------------------------------------------------- tf.data
+def augmentation(seed=None, rotation=15.0, translation=0.1, scale=0.1, shear=10.0, flip=True):
+    """The paper's augmentation as Keras preprocessing layers.
+
+    Random affine (rotation +-15 degrees, translation +-10 %, scale 0.9-1.1,
+    x-shear +-10 degrees, zero fill as in torchvision's RandomAffine) then a
+    random horizontal flip. Works on batches of float images inside `tf.data`.
+
+    Args:
+        seed: int seed for the random layers (None: unseeded).
+        rotation: maximum rotation in degrees.
+        translation: maximum shift as a fraction of height/width.
+        scale: maximum relative zoom (0.1: scale in [0.9, 1.1]).
+        shear: maximum shear angle in degrees.
+        flip: add a horizontal flip.
+
+    Returns:
+        A `keras.Sequential` of preprocessing layers.
+    """
+    import keras
+
+    seeds = [None] * 5 if seed is None else [int(seed) + i for i in range(5)]
+    fill = {"fill_mode": "constant", "fill_value": 0.0}
+    layers = [
+        keras.layers.RandomRotation(rotation / 360.0, seed=seeds[0], **fill),
+        keras.layers.RandomTranslation(translation, translation, seed=seeds[1], **fill),
+        keras.layers.RandomZoom((-scale, scale), seed=seeds[2], **fill),
+        keras.layers.RandomShear(x_factor=math.tan(math.radians(shear)), y_factor=0.0,
+                                 seed=seeds[3], **fill),
+    ]
+    if flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seeds[4]))
+    return keras.Sequential(layers, name="augmentation")
+
+
+def make_pipeline(images, labels, batch_size=128, shuffle=False, seed=0, augment=False,
+                  image_dtype="float32", drop_remainder=False):
+    """Batched, prefetched `tf.data.Dataset` of (image, label) from arrays.
+
+    Args:
+        images: uint8 `[N, H, W, C]`.
+        labels: int `[N]`.
+        batch_size: batch size.
+        shuffle: reshuffle every epoch; the order is a function of `seed` only.
+        seed: int seed for shuffling and augmentation.
+        augment: apply `augmentation(seed)` (training only).
+        image_dtype: `"float32"` (pixels scaled to [0, 1]) or `"uint8"` (raw).
+        drop_remainder: drop the last incomplete batch.
+
+    Returns:
+        `tf.data.Dataset` yielding `(images [B, H, W, C], labels int32 [B])`.
+    """
+    import tensorflow as tf
+
+    if image_dtype not in ("float32", "uint8"):
+        raise ValueError(f"image_dtype must be 'float32' or 'uint8', got {image_dtype!r}")
+    if augment and image_dtype != "float32":
+        raise ValueError("augment=True needs image_dtype='float32'")
+    ds = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, np.int32)))
+    if shuffle:
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if image_dtype == "float32":
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if augment:
+        aug = augmentation(seed)
+        ds = ds.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+@dataclasses.dataclass
+class LoadedData:
+    """What `load_dataset` returns.
+
+    Attributes:
+        dataset: batched `tf.data.Dataset` of the requested split (for
+            `split="train"` with a validation split: the training part).
+        validation: the held-out part of the training split (None when
+            `validation_split=0` or `split="test"`); never shuffled/augmented.
+        hierarchy: the `keras_hier.Hierarchy`; labels are its class ids.
+        class_names: `list(hierarchy.classes)`.
+        input_shape: `(H, W, C)` of the images.
+        num_examples: examples in `dataset`.
+        num_validation: examples in `validation`.
+    """
+
+    dataset: object
+    validation: object
+    hierarchy: object
+    class_names: list
+    input_shape: tuple
+    num_examples: int
+    num_validation: int = 0
+
+    @property
+    def train(self):
+        """Alias of `dataset`."""
+        return self.dataset
+
+
+def split_indices(n, validation_split, seed):
+    """Seeded split of `range(n)` into (train, validation) index arrays."""
+    if not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * validation_split))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _is_path(name):
+    s = str(name)
+    return isinstance(name, os.PathLike) or os.sep in s or any(c in s for c in "*?[") \
+        or os.path.exists(s) or s.endswith(".npz")
+
+
+def load_dataset(name_or_path, split="train", hierarchy=None, batch_size=128,
+                 validation_split=0.0, seed=0, augment=False, data_dir=None, shuffle=None,
+                 image_dtype="float32", image_size=None, manual_dir=None,
+                 max_examples=None, drop_remainder=False):
+    """Loads a dataset as batched `tf.data.Dataset`s with its hierarchy.
+
+    Args:
+        name_or_path: a tfds name (`"cifar100"`, `"cifar10"`, `"fashion_mnist"`,
+            ...) or a local path (see the module docstring).
+        split: `"train"` or `"test"`.
+        hierarchy: a `keras_hier.Hierarchy`. Default: the built-in one for
+            cifar100/cifar10/fashion_mnist (also recognised from class names),
+            `Hierarchy.from_directory` for image folders; required otherwise.
+            Labels are re-indexed to its class order (see `align_labels`).
+        batch_size: batch size.
+        validation_split: fraction of the training split held out (seeded).
+        seed: seed of the split, the shuffling and the augmentation.
+        augment: the paper's random affine + flip on the training part.
+        data_dir: tfds data directory (default `TFDS_DATA_DIR`, then tfds').
+        shuffle: shuffle every epoch (default: True for `split="train"`).
+        image_dtype: `"float32"` in [0, 1] (default) or `"uint8"`.
+        image_size: `(H, W)` for image folders of mixed sizes.
+        manual_dir: directory holding a tfds dataset's original archives
+            (e.g. `cifar-100-binary.tar.gz`), used to prepare it offline.
+        max_examples: keep a seeded random subset of this many examples
+            (before the validation split), for quick runs.
+        drop_remainder: drop incomplete last batches of `dataset`.
+
+    Returns:
+        A `LoadedData` (`dataset`, `validation`, `hierarchy`, `class_names`,
+        `input_shape`, `num_examples`, `num_validation`).
+
+    Raises:
+        ConnectionError: a tfds set that is not prepared and cannot be
+            downloaded (after a few seconds, with the local alternatives).
+        ValueError: unknown sources, class names missing from the hierarchy.
+
+    Example:
+        >>> data = load_dataset("/usr/share/datasets/fashion-mnist", "train",
+        ...                     validation_split=0.1, batch_size=64)  # doctest: +SKIP
+        >>> model.fit(data.dataset, validation_data=data.validation)  # doctest: +SKIP
+    """
+    _check_split(split)
+    if batch_size is None or int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    folder_hierarchy = None
+    if _is_path(name_or_path):
+        path = pathlib.Path(str(name_or_path)).expanduser()
+        if path.is_dir() and _idx_files(path, split) is None and not list(path.glob("*.npz")):
+            root, folder_hierarchy = _image_folder_root(path, split)
+            images, labels, names, _ = _load_image_folder(
+                root, hierarchy or folder_hierarchy, image_size)
+            folder_hierarchy = hierarchy or folder_hierarchy
+        else:
+            images, labels, names = load_arrays(name_or_path, split, image_size)
+        key = None
+    else:
+        key = str(name_or_path)
+        images, labels, names = _tfds_arrays(key, split, data_dir, manual_dir)
+        key = BUILTIN_HIERARCHIES.get(key, "")
+    if hierarchy is None:
+        hierarchy = folder_hierarchy
+    if hierarchy is None and key != "":
+        hierarchy = _builtin_hierarchy(key, names)
+    if hierarchy is None:
+        raise ValueError(f"{name_or_path!r}: no built-in hierarchy for classes {names[:5]}...; "
+                         "pass hierarchy=keras_hier.Hierarchy(...)")
+    labels = align_labels(labels, names, hierarchy)
+    if max_examples is not None and max_examples < len(labels):
+        keep = np.sort(np.random.default_rng(seed + 1).permutation(len(labels))[:max_examples])
+        images, labels = images[keep], labels[keep]
+    shuffle = (split == "train") if shuffle is None else bool(shuffle)
+    validation, n_val = None, 0
+    if split == "train" and validation_split:
+        train_idx, val_idx = split_indices(len(labels), validation_split, seed)
+        validation = make_pipeline(images[val_idx], labels[val_idx], batch_size,
+                                   image_dtype=image_dtype)
+        n_val = len(val_idx)
+        images, labels = images[train_idx], labels[train_idx]
+    dataset = make_pipeline(images, labels, batch_size, shuffle=shuffle, seed=seed,
+                            augment=augment, image_dtype=image_dtype,
+                            drop_remainder=drop_remainder)
+    return LoadedData(dataset=dataset, validation=validation, hierarchy=hierarchy,
+                      class_names=list(hierarchy.classes), input_shape=tuple(images.shape[1:]),
+                      num_examples=len(labels), num_validation=n_val)

@@ -1,0 +1,673 @@
+"""The class hierarchy: one tree, and the one place tree distances are computed.
+
+A `Hierarchy` is an immutable tree over C classes; class ids are positions in
+`Hierarchy.classes`. Every class has a path of node names from the top level
+down to the class itself (`Animals/Mammals/people/baby`), with an implicit root
+above the first element. Paths may have different lengths (ragged trees).
+
+Levels are numbered 0 (the top level below the root) to `depth - 1`. Every
+level is a partition of the classes: a leaf shallower than a level maps to
+itself there, so `ancestors(depth - 1)` is the identity. Nodes are grouped by
+their full path prefix, never by bare name: two subtrees may both hold a node
+called `other`.
+
+A class whose path is a proper prefix of another class's path (a class that
+also has sub-classes) becomes a leaf child of the internal node of the same
+name, one level deeper, so that every class is a leaf.
+"""
+
+import csv
+import functools
+import io
+import json
+import os
+import warnings
+
+import numpy as np
+
+__all__ = ["Hierarchy"]
+
+
+def _readonly(array):
+    array.setflags(write=False)
+    return array
+
+
+def _split_path(path, separator, where):
+    if isinstance(path, str):
+        parts = [part.strip() for part in path.split(separator)]
+        # Leading/trailing separators ("/data/a/b/") give empty end pieces.
+        while parts and parts[0] == "":
+            parts.pop(0)
+        while parts and parts[-1] == "":
+            parts.pop()
+    elif isinstance(path, (list, tuple)):
+        parts = [str(part).strip() for part in path]
+    else:
+        raise TypeError(f"{where}: a path must be a string or a list of names, got {type(path).__name__}")
+    if not parts:
+        raise ValueError(f"{where}: empty path")
+    if any(part == "" for part in parts):
+        raise ValueError(f"{where}: path {path!r} has an empty node name")
+    return tuple(parts)
+
+
+class Hierarchy:
+    """An immutable class hierarchy (a rooted tree whose leaves are the classes).
+
+    Build one with a constructor (`from_paths`, `from_csv`, `from_parents`,
+    `from_directory`, `from_wordnet`, `from_dict`) or take a built-in one from
+    `keras_hier.hierarchies`.
+
+    Args:
+        paths: sequence of C paths in class-id order; each a tuple of node names
+            from the top level down to the class leaf.
+        classes: optional class names (default: the last element of every path).
+
+    Example:
+
+    >>> h = Hierarchy.from_paths({"rose": "plant/flower/rose",
+    ...                           "tulip": "plant/flower/tulip",
+    ...                           "truck": "vehicle/road/truck"})
+    >>> h.distance_matrix()[0].tolist()
+    [0, 2, 6]
+    >>> h.level_names(0)
+    ['plant', 'vehicle']
+    """
+
+    def __init__(self, paths, classes=None):
+        paths = [tuple(path) for path in paths]
+        if not paths:
+            raise ValueError("a Hierarchy needs at least one class; got an empty list of paths")
+        if classes is None:
+            classes = [path[-1] for path in paths]
+        classes = [str(name) for name in classes]
+        if len(classes) != len(paths):
+            raise ValueError(f"{len(classes)} class names for {len(paths)} paths")
+        seen = {}
+        for index, name in enumerate(classes):
+            if name in seen:
+                raise ValueError(f"duplicate class name {name!r} (class ids {seen[name]} and {index})")
+            seen[name] = index
+        for name, path in zip(classes, paths):
+            if not path or any(not isinstance(part, str) or part == "" for part in path):
+                raise ValueError(f"class {name!r}: invalid path {path!r}")
+        by_path = {}
+        for name, path in zip(classes, paths):
+            if path in by_path:
+                raise ValueError(f"classes {by_path[path]!r} and {name!r} have the same path {'/'.join(path)!r}")
+            by_path[path] = name
+        # A class that is also an internal node becomes a leaf child of that node.
+        internal = {path[:k] for path in paths for k in range(1, len(path))}
+        paths = [path + (path[-1],) if path in internal else path for path in paths]
+        self._classes = tuple(classes)
+        self._paths = tuple(paths)
+        self._build_levels()
+        self.wordnet_choices = {}
+
+    # ------------------------------------------------------------------ build
+    def _build_levels(self):
+        num_classes = len(self._paths)
+        depth = max(len(path) for path in self._paths)
+        leaf_depths = np.array([len(path) for path in self._paths], dtype=np.int32)
+        ancestors, names, keys = [], [], []
+        for level in range(depth):
+            ids, level_names, level_keys, index = [], [], [], {}
+            for path in self._paths:
+                # A leaf shallower than the level is its own node there.
+                key = path[: level + 1] if len(path) > level else path
+                if key not in index:
+                    index[key] = len(level_keys)
+                    level_keys.append(key)
+                    level_names.append(key[-1])
+                ids.append(index[key])
+            ancestors.append(_readonly(np.array(ids, dtype=np.int32)))
+            names.append(tuple(level_names))
+            keys.append(tuple(level_keys))
+        self._depth = depth
+        self._leaf_depths = _readonly(leaf_depths)
+        self._ancestors = tuple(ancestors)
+        self._level_names = tuple(names)
+        self._level_keys = tuple(keys)
+        sizes = [len(level_keys) for level_keys in keys]
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
+        node_ids = np.stack([ancestors[level] + offsets[level] for level in range(depth)], axis=1)
+        self._level_sizes = tuple(sizes)
+        self._node_ids = _readonly(node_ids.astype(np.int32))
+        self._level_mask = _readonly(np.arange(depth)[None, :] < leaf_depths[:, None])
+        assert self._node_ids.shape == (num_classes, depth)
+
+    # ------------------------------------------------------------ properties
+    @property
+    def classes(self):
+        """Class names in class-id order (tuple of str)."""
+        return self._classes
+
+    @property
+    def num_classes(self):
+        """Number of classes C."""
+        return len(self._classes)
+
+    def __len__(self):
+        return len(self._classes)
+
+    @property
+    def paths(self):
+        """Per class, the tuple of node names from level 0 down to the leaf."""
+        return self._paths
+
+    @property
+    def depth(self):
+        """Number of levels below the root (the deepest leaf's depth)."""
+        return self._depth
+
+    @property
+    def leaf_depths(self):
+        """int32 [C]: depth of every class leaf (1 = directly under the root)."""
+        return self._leaf_depths
+
+    @property
+    def is_uniform(self):
+        """True when all leaves are at the same depth."""
+        return bool(np.all(self._leaf_depths == self._depth))
+
+    @property
+    def level_sizes(self):
+        """Number of nodes at each level (tuple of int)."""
+        return self._level_sizes
+
+    @property
+    def node_ids(self):
+        """int32 [C, depth]: ancestor ids, unique across levels.
+
+        Column `l` is `ancestors(l) + sum(level_sizes[:l])`, so a single
+        segment-sum with `num_node_ids` segments covers every level.
+        """
+        return self._node_ids
+
+    @property
+    def num_node_ids(self):
+        """Total number of nodes over all levels (segments for `node_ids`)."""
+        return int(sum(self._level_sizes))
+
+    @property
+    def level_mask(self):
+        """bool [C, depth]: True where the level is on the class's own path.
+
+        False on levels below a shallow leaf, where the class maps to itself.
+        """
+        return self._level_mask
+
+    def class_index(self, name):
+        """The class id of `name`; raises `KeyError` naming it when unknown."""
+        try:
+            return self._class_ids[name]
+        except KeyError:
+            raise KeyError(f"unknown class {name!r}; the hierarchy has {self.num_classes} classes "
+                           f"({', '.join(self._classes[:5])}{', ...' if self.num_classes > 5 else ''})") from None
+
+    @functools.cached_property
+    def _class_ids(self):
+        return {name: index for index, name in enumerate(self._classes)}
+
+    def _check_level(self, level):
+        if not isinstance(level, (int, np.integer)):
+            raise TypeError(f"level must be an int, got {level!r}")
+        if not -self._depth <= level < self._depth:
+            raise ValueError(f"level {level} out of range: this hierarchy has levels 0..{self._depth - 1}")
+        return int(level) % self._depth
+
+    def ancestors(self, level):
+        """Node id of every class's ancestor at `level` (int32 [C]).
+
+        Args:
+            level: 0 is the top level below the root; negative levels count
+                from the bottom (`-1` is the class level, the identity).
+
+        Returns:
+            int32 array of ids in `0 .. num_nodes(level) - 1`; a leaf shallower
+            than `level` maps to its own node.
+        """
+        return self._ancestors[self._check_level(level)]
+
+    def num_nodes(self, level):
+        """Number of nodes at `level`."""
+        return self._level_sizes[self._check_level(level)]
+
+    def level_names(self, level):
+        """Bare node names at `level`, indexed by node id (list of str)."""
+        return list(self._level_names[self._check_level(level)])
+
+    def level_paths(self, level, separator="/"):
+        """Full node paths at `level` (unique), indexed by node id."""
+        return [separator.join(key) for key in self._level_keys[self._check_level(level)]]
+
+    # ------------------------------------------------------------- distances
+    def lca_depth_matrix(self):
+        """int32 [C, C]: depth of the lowest common ancestor (root = 0).
+
+        The diagonal holds each leaf's own depth.
+        """
+        return self._lca_depth
+
+    @functools.cached_property
+    def _lca_depth(self):
+        num_classes = self.num_classes
+        shared = np.zeros((num_classes, num_classes), dtype=np.int32)
+        for level in range(self._depth):
+            ids = self._ancestors[level]
+            mask = self._level_mask[:, level]
+            # A node shared by two different classes is always a real node of both.
+            shared += (ids[:, None] == ids[None, :]) & mask[:, None] & mask[None, :]
+        return _readonly(shared)
+
+    def distance_matrix(self, kind="path"):
+        """Tree distance between every pair of classes (int32 [C, C]).
+
+        Args:
+            kind: `"path"`: number of edges between the two leaves,
+                d(a) + d(b) - 2 d(lca). `"lca_height"`: height of the lowest
+                common ancestor (longest downward path from it to a leaf; 0 on
+                the diagonal), as in "Making Better Mistakes". On a tree whose
+                leaves all have the same depth, path = 2 * lca_height.
+
+        Returns:
+            A read-only int32 matrix, symmetric, zero exactly on the diagonal.
+        """
+        if kind == "path":
+            return self._path_distance
+        if kind == "lca_height":
+            return self._lca_height
+        raise ValueError(f"unknown distance kind {kind!r}; use 'path' or 'lca_height'")
+
+    @functools.cached_property
+    def _path_distance(self):
+        d = self._leaf_depths
+        distance = d[:, None] + d[None, :] - 2 * self._lca_depth
+        return _readonly(distance.astype(np.int32))
+
+    @functools.cached_property
+    def _lca_height(self):
+        # height(node) = (deepest leaf under it) - depth(node); the root's
+        # height is the tree depth.
+        num_classes = self.num_classes
+        height = np.full((num_classes, num_classes), self._depth, dtype=np.int32)
+        lca = self._lca_depth
+        for level in range(self._depth):
+            ids = self._ancestors[level]
+            deepest = np.zeros(self._level_sizes[level], dtype=np.int32)
+            np.maximum.at(deepest, ids, self._leaf_depths)
+            node_height = deepest[ids] - (level + 1)  # height of each class's ancestor
+            rows = lca == level + 1
+            height = np.where(rows, node_height[:, None], height)
+        np.fill_diagonal(height, 0)
+        return _readonly(height)
+
+    def similarity_matrix(self, rule="exp", beta=1.0, distance="path"):
+        """Class similarity S for `SimLoss` from the tree (float32 [C, C]).
+
+        See `keras_hier.similarity.tree_similarity` for the rules.
+        """
+        from keras_hier.similarity import tree_similarity
+
+        return tree_similarity(self, rule=rule, beta=beta, distance=distance)
+
+    def distance_counts(self, kind="path"):
+        """{distance: number of ordered class pairs} (diagonal included)."""
+        values, counts = np.unique(self.distance_matrix(kind), return_counts=True)
+        return {int(v): int(c) for v, c in zip(values, counts)}
+
+    # ----------------------------------------------------------- constructors
+    @classmethod
+    def from_paths(cls, paths, separator="/"):
+        """Builds a hierarchy from class paths.
+
+        Args:
+            paths: a mapping class name -> path, or a list of paths in class-id
+                order. A path is a string (`"a/b/class"`) or a list of node
+                names. When a mapping's path does not end with the class name,
+                the class is added as a leaf below the path.
+            separator: separator of string paths.
+
+        Returns:
+            A `Hierarchy`.
+
+        Example:
+
+        >>> Hierarchy.from_paths(["fruit/apple", "fruit/pear", "tree/oak"]).classes
+        ('apple', 'pear', 'oak')
+        """
+        if isinstance(paths, dict):
+            if not paths:
+                raise ValueError("a Hierarchy needs at least one class; got an empty mapping")
+            classes, split = [], []
+            for name, path in paths.items():
+                parts = _split_path(path, separator, f"class {name!r}")
+                if parts[-1] != str(name):
+                    parts = parts + (str(name),)
+                classes.append(str(name))
+                split.append(parts)
+            return cls(split, classes)
+        if isinstance(paths, (str, bytes)):
+            raise TypeError("paths must be a mapping or a list of paths, not a single string")
+        split = [_split_path(path, separator, f"class id {index}") for index, path in enumerate(paths)]
+        return cls(split)
+
+    @classmethod
+    def from_csv(cls, path, class_column="Class", path_column="Path", id_column="Number",
+                 delimiter=",", path_separator="/", strip_prefix=None):
+        """Reads a hierarchy table such as `Class,Path,Number`.
+
+        The last path element is the class itself when it equals the class
+        name (`Animals/Mammals/people/baby` for `baby`); otherwise the path is
+        taken as the class's parent and the class is added below it.
+
+        Args:
+            path: CSV file path.
+            class_column: column with the class names.
+            path_column: column with the node paths.
+            id_column: column with integer class ids (0..C-1, no gaps or
+                duplicates); when absent from the file, rows give the order.
+            delimiter: field delimiter (e.g. `"|"`).
+            path_separator: separator inside a path (e.g. `"//"`).
+            strip_prefix: a leading path prefix to drop (e.g. a dataset folder
+                such as `/DATA/plankton/MicroS/`); rows not starting with it
+                are an error.
+
+        Returns:
+            A `Hierarchy`.
+        """
+        path = os.fspath(path)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+        reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+        columns = reader.fieldnames or []
+        for needed in (class_column, path_column):
+            if needed not in columns:
+                raise ValueError(f"{path}: no column {needed!r}; columns are {columns}")
+        has_ids = id_column is not None and id_column in columns
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            name = (row.get(class_column) or "").strip()
+            node_path = (row.get(path_column) or "").strip()
+            where = f"{path}, line {line}"
+            if not name:
+                raise ValueError(f"{where}: empty class name")
+            if strip_prefix:
+                if not node_path.startswith(strip_prefix):
+                    raise ValueError(f"{where}: path {node_path!r} does not start with {strip_prefix!r}")
+                node_path = node_path[len(strip_prefix):]
+            parts = _split_path(node_path, path_separator, f"{where} (class {name!r})")
+            if parts[-1] != name:
+                parts = parts + (name,)
+            class_id = None
+            if has_ids:
+                raw = (row.get(id_column) or "").strip()
+                try:
+                    class_id = int(raw)
+                except ValueError:
+                    raise ValueError(f"{where}: class {name!r} has a non-integer id {raw!r}") from None
+            rows.append((class_id, name, parts, where))
+        if not rows:
+            raise ValueError(f"{path}: no classes in the file")
+        if has_ids:
+            by_id = {}
+            for class_id, name, _, where in rows:
+                if class_id in by_id:
+                    raise ValueError(f"{where}: class {name!r} repeats id {class_id} of class {by_id[class_id]!r}")
+                by_id[class_id] = name
+            missing = sorted(set(range(len(rows))) - set(by_id))
+            if missing:
+                raise ValueError(f"{path}: class ids must be 0..{len(rows) - 1}; id {missing[0]} is missing "
+                                 f"(found ids {sorted(by_id)[:3]}...{sorted(by_id)[-1]})")
+            rows.sort(key=lambda row: row[0])
+        seen = {}
+        for _, name, _, where in rows:
+            if name in seen:
+                raise ValueError(f"{where}: duplicate class name {name!r} (first at {seen[name]})")
+            seen[name] = where
+        return cls([row[2] for row in rows], [row[1] for row in rows])
+
+    @classmethod
+    def from_parents(cls, parents, classes):
+        """Builds a hierarchy from child -> parent links.
+
+        Args:
+            parents: a mapping child -> parent, or an iterable of
+                `(child, parent)` pairs (a child listed with two different
+                parents is an error). Nodes without a parent hang from the
+                root; `None` as a parent means the root.
+            classes: the class (leaf) names in class-id order.
+
+        Returns:
+            A `Hierarchy`.
+        """
+        pairs = parents.items() if isinstance(parents, dict) else parents
+        parent_of = {}
+        for child, parent in pairs:
+            child = str(child)
+            parent = None if parent is None else str(parent)
+            if child in parent_of and parent_of[child] != parent:
+                raise ValueError(f"node {child!r} has two parents: {parent_of[child]!r} and {parent!r}")
+            if parent == child:
+                raise ValueError(f"node {child!r} is its own parent (a cycle)")
+            parent_of[child] = parent
+        classes = [str(name) for name in classes]
+        if not classes:
+            raise ValueError("a Hierarchy needs at least one class; got an empty class list")
+        paths = []
+        for name in classes:
+            chain, node, visited = [name], name, {name}
+            while parent_of.get(node) is not None:
+                node = parent_of[node]
+                if node in visited:
+                    cycle = " -> ".join(chain + [node])
+                    raise ValueError(f"cycle in the parent links of class {name!r}: {cycle}")
+                visited.add(node)
+                chain.append(node)
+            paths.append(tuple(reversed(chain)))
+        return cls(paths, classes)
+
+    @classmethod
+    def from_directory(cls, root, include_hidden=False):
+        """Builds a hierarchy from nested folders.
+
+        Every folder that holds files directly is a class; the folders above it
+        (below `root`) are its ancestors. Folders are visited in sorted order,
+        so class ids are deterministic. A class is named by its folder name, or
+        by its path relative to `root` when two class folders share a name.
+
+        Args:
+            root: the top folder.
+            include_hidden: also visit names starting with ".".
+
+        Returns:
+            A `Hierarchy`.
+        """
+        root = os.fspath(root)
+        if not os.path.isdir(root):
+            raise ValueError(f"{root}: not a directory")
+        relative_paths = []
+        for folder, dirs, files in os.walk(root):
+            if not include_hidden:
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                files = [f for f in files if not f.startswith(".")]
+            dirs.sort()
+            if files and os.path.abspath(folder) != os.path.abspath(root):
+                relative_paths.append(tuple(os.path.relpath(folder, root).split(os.sep)))
+        if not relative_paths:
+            raise ValueError(f"{root}: no class folders (no sub-folder holds files)")
+        relative_paths.sort()
+        basenames = [parts[-1] for parts in relative_paths]
+        names = [parts[-1] if basenames.count(parts[-1]) == 1 else "/".join(parts) for parts in relative_paths]
+        hierarchy = cls(relative_paths, names)
+        hierarchy.class_folders = tuple(os.path.join(root, *parts) for parts in relative_paths)
+        return hierarchy
+
+    @classmethod
+    def from_wordnet(cls, classes, synsets=None, collapse=True, wordnet_dir=None):
+        """Builds a tree from WordNet hypernym paths (offline).
+
+        Rule for synsets with several hypernym paths (WordNet is a DAG): take
+        the longest (most specific) path of `synset.hypernym_paths()`, ties
+        broken by the lexicographically smallest sequence of synset names
+        (see `keras_hier.wordnet.hypernym_path`). Chains of nodes
+        with a single child are collapsed (`collapse=True`) so only
+        informative levels remain; the common top (`entity.n.01`) goes too.
+
+        Args:
+            classes: class names (`"dog"`, `"pickup_truck"`) or synset names
+                (`"dog.n.01"`).
+            synsets: optional mapping class name -> synset name overriding
+                the default choice (the first noun sense).
+            collapse: remove single-child chains.
+            wordnet_dir: a WordNet 3.0 database folder; default: NLTK's data,
+                else `/usr/share/wordnet` (Debian's `wordnet-base`).
+
+        Returns:
+            A `Hierarchy` whose `wordnet_choices` maps each class to the synset
+            used. A warning lists the words that had several noun senses.
+        """
+        from keras_hier.wordnet import class_synsets, hypernym_path
+
+        chosen, ambiguous = class_synsets(classes, synsets=synsets, wordnet_dir=wordnet_dir)
+        if ambiguous:
+            warnings.warn(
+                "WordNet: took the first noun sense for ambiguous class names "
+                + ", ".join(f"{name!r} -> {chosen[name].name()}" for name in ambiguous)
+                + "; pass synsets={name: 'word.n.NN'} to choose another (see Hierarchy.wordnet_choices).",
+                stacklevel=2,
+            )
+        class_names = [str(name) for name in classes]
+        paths = [tuple(s.name() for s in hypernym_path(chosen[name])) for name in class_names]
+        by_synset = {}
+        for name, path in zip(class_names, paths):
+            if path[-1] in by_synset:
+                raise ValueError(f"classes {by_synset[path[-1]]!r} and {name!r} map to the same synset {path[-1]!r}")
+            by_synset[path[-1]] = name
+        # A class synset may be a hypernym of another class: then it is both a
+        # leaf and an internal node, which the constructor handles.
+        if collapse:
+            paths = _collapse_chains(paths)
+        hierarchy = cls([path[:-1] + (name,) for path, name in zip(paths, class_names)], class_names)
+        hierarchy.wordnet_choices = {name: chosen[name].name() for name in class_names}
+        return hierarchy
+
+    # --------------------------------------------------------- serialisation
+    def to_dict(self):
+        """A JSON-able dict: `{"classes": [...], "paths": [[...], ...]}`."""
+        out = {"format": "keras_hier.Hierarchy/1", "classes": list(self._classes),
+               "paths": [list(path) for path in self._paths]}
+        if self.wordnet_choices:
+            out["wordnet_choices"] = dict(self.wordnet_choices)
+        return out
+
+    @classmethod
+    def from_dict(cls, data):
+        """Inverse of `to_dict`."""
+        if not isinstance(data, dict) or "classes" not in data or "paths" not in data:
+            raise ValueError("a hierarchy dict needs the keys 'classes' and 'paths'")
+        hierarchy = cls([tuple(path) for path in data["paths"]], data["classes"])
+        hierarchy.wordnet_choices = dict(data.get("wordnet_choices", {}))
+        return hierarchy
+
+    def to_json(self, path=None):
+        """JSON text of `to_dict()`; also written atomically to `path` if given."""
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            _atomic_write(path, text)
+        return text
+
+    @classmethod
+    def from_json(cls, path_or_text):
+        """Reads `to_json` output from a file path or a JSON string."""
+        text = path_or_text
+        if not str(path_or_text).lstrip().startswith("{"):
+            with open(path_or_text, encoding="utf-8") as f:
+                text = f.read()
+        return cls.from_dict(json.loads(text))
+
+    def to_csv(self, path=None, separator="/"):
+        """Writes `Class,Path,Number` (readable by `from_csv`); returns the text."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["Class", "Path", "Number"])
+        for index, (name, node_path) in enumerate(zip(self._classes, self._paths)):
+            writer.writerow([name, separator.join(node_path[:-1] + (name,)), index])
+        text = buffer.getvalue()
+        if path is not None:
+            _atomic_write(path, text)
+        return text
+
+    def to_newick(self):
+        """The tree in Newick format (names quoted where needed)."""
+
+        def quote(name):
+            if any(ch in name for ch in " ,;:()[]'\t"):
+                return "'" + name.replace("'", "''") + "'"
+            return name
+
+        children = {}
+        for path in self._paths:
+            for k in range(len(path)):
+                children.setdefault(path[:k], [])
+                if path[: k + 1] not in children[path[:k]]:
+                    children[path[:k]].append(path[: k + 1])
+
+        def render(node):
+            kids = children.get(node, [])
+            if not kids:
+                return quote(node[-1])
+            inner = ",".join(render(kid) for kid in kids)
+            return f"({inner})" + (quote(node[-1]) if node else "")
+
+        return render(()) + ";"
+
+    # ----------------------------------------------------------------- misc
+    def summary(self):
+        """A few lines: classes, levels, nodes per level, depth range."""
+        depths = self._leaf_depths
+        lines = [
+            f"Hierarchy: {self.num_classes} classes, {self._depth} levels "
+            f"(leaf depth {depths.min()}..{depths.max()}{', uniform' if self.is_uniform else ', ragged'})",
+        ]
+        for level in range(self._depth):
+            names = self.level_names(level)
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            lines.append(f"  level {level}: {len(names)} nodes ({shown})")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        sizes = "/".join(str(size) for size in self._level_sizes)
+        return f"<Hierarchy: {self.num_classes} classes, {self._depth} levels ({sizes} nodes)>"
+
+    def __eq__(self, other):
+        return isinstance(other, Hierarchy) and self._classes == other._classes and self._paths == other._paths
+
+    def __hash__(self):
+        return hash((self._classes, self._paths))
+
+
+def _collapse_chains(paths):
+    """Removes path nodes that have exactly one child (keeps the leaves)."""
+    children = {}
+    for path in paths:
+        for k in range(1, len(path)):
+            children.setdefault(path[:k], set()).add(path[: k + 1])
+    collapsed = []
+    for path in paths:
+        kept = [path[k - 1] for k in range(1, len(path)) if len(children[path[:k]]) > 1]
+        collapsed.append(tuple(kept) + (path[-1],))
+    # The implicit root must branch too: drop a top node shared by all classes.
+    while len(collapsed) > 1 and all(len(p) > 1 and p[0] == collapsed[0][0] for p in collapsed):
+        collapsed = [p[1:] for p in collapsed]
+    return collapsed
+
+
+def _atomic_write(path, text):
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

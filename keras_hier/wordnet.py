@@ -1,0 +1,251 @@
+"""Offline access to WordNet 3.0 through NLTK, and the tree rule for synsets.
+
+Where WordNet comes from, in order:
+
+1. NLTK's own data (`nltk.download('wordnet')` done earlier, or
+   `NLTK_DATA`);
+2. a WordNet 3.0 database folder (`wordnet_dir`, the `KERAS_HIER_WORDNET`
+   environment variable, or Debian's `wordnet-base` at `/usr/share/wordnet`).
+   NLTK only opens corpora under a folder on `nltk.data.path` and needs a
+   `lexnames` file that Debian's copy lacks, so the database files are copied
+   once (about 30 MB) into a cache folder (`KERAS_HIER_CACHE`, default
+   `~/.cache/keras_hier`) together with the standard lexnames table;
+3. otherwise a `RuntimeError` says how to install one.
+
+Tree rule: a synset can have several hypernym paths (WordNet is a DAG; e.g.
+`dog.n.01` has two). We take the LONGEST path of `synset.hypernym_paths()`,
+ties broken by the lexicographically smallest tuple of synset names, so the
+choice is deterministic and testable (`hypernym_path`). The longest path is
+the most specific one, usually the taxonomic one: the shortest path of
+`dog.n.01` runs through `domestic_animal.n.01` and would put dogs beside
+"animal" rather than with cats under carnivore; the longest goes through
+`canine.n.02`.
+"""
+
+import functools
+import os
+import shutil
+import tempfile
+
+__all__ = ["get_wordnet", "class_synsets", "hypernym_path", "LEXNAMES"]
+
+DEBIAN_WORDNET = "/usr/share/wordnet"
+
+# The standard table of lexicographer files (man 5 lexnames).
+LEXNAMES = """\
+00	adj.all	3
+01	adj.pert	3
+02	adv.all	4
+03	noun.Tops	1
+04	noun.act	1
+05	noun.animal	1
+06	noun.artifact	1
+07	noun.attribute	1
+08	noun.body	1
+09	noun.cognition	1
+10	noun.communication	1
+11	noun.event	1
+12	noun.feeling	1
+13	noun.food	1
+14	noun.group	1
+15	noun.location	1
+16	noun.motive	1
+17	noun.object	1
+18	noun.person	1
+19	noun.phenomenon	1
+20	noun.plant	1
+21	noun.possession	1
+22	noun.process	1
+23	noun.quantity	1
+24	noun.relation	1
+25	noun.shape	1
+26	noun.state	1
+27	noun.substance	1
+28	noun.time	1
+29	verb.body	2
+30	verb.change	2
+31	verb.cognition	2
+32	verb.communication	2
+33	verb.competition	2
+34	verb.consumption	2
+35	verb.contact	2
+36	verb.creation	2
+37	verb.emotion	2
+38	verb.motion	2
+39	verb.perception	2
+40	verb.possession	2
+41	verb.social	2
+42	verb.stative	2
+43	verb.weather	2
+44	adj.ppl	3
+"""
+
+_DATABASE_FILES = ("data.noun", "index.noun", "noun.exc", "data.verb", "index.verb", "verb.exc",
+                   "data.adj", "index.adj", "adj.exc", "data.adv", "index.adv", "adv.exc")
+_OPTIONAL_FILES = ("index.sense", "cntlist.rev", "lexnames")
+
+
+def _cache_root():
+    return os.environ.get("KERAS_HIER_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "keras_hier"))
+
+
+def _nltk_wordnet():
+    import nltk
+
+    try:
+        nltk.data.find("corpora/wordnet")
+    except LookupError:
+        try:
+            nltk.data.find("corpora/wordnet.zip")
+        except LookupError:
+            return None
+    from nltk.corpus import wordnet
+
+    wordnet.ensure_loaded()
+    return wordnet
+
+
+def _prepare_database_copy(database_dir):
+    """Copies a WordNet database folder into an NLTK-readable corpus folder."""
+    missing = [name for name in _DATABASE_FILES if not os.path.isfile(os.path.join(database_dir, name))]
+    if missing:
+        raise RuntimeError(f"{database_dir} is not a WordNet 3.0 database folder: missing {', '.join(missing)}")
+    nltk_root = os.path.join(_cache_root(), "nltk_data")
+    target = os.path.join(nltk_root, "corpora", "wordnet")
+    if os.path.isfile(os.path.join(target, "lexnames")) and os.path.isfile(os.path.join(target, "data.noun")):
+        return nltk_root, target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".wordnet-", dir=os.path.dirname(target))
+    try:
+        for name in _DATABASE_FILES + _OPTIONAL_FILES:
+            source = os.path.join(database_dir, name)
+            if os.path.isfile(source):
+                shutil.copyfile(source, os.path.join(staging, name))
+        if not os.path.isfile(os.path.join(staging, "lexnames")):
+            with open(os.path.join(staging, "lexnames"), "w") as f:
+                f.write(LEXNAMES)
+        try:
+            os.rename(staging, target)  # atomic; another process may have won
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        if os.path.isdir(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+    return nltk_root, target
+
+
+@functools.lru_cache(maxsize=4)
+def get_wordnet(wordnet_dir=None):
+    """Returns an NLTK WordNet reader, offline.
+
+    Args:
+        wordnet_dir: a WordNet 3.0 database folder to use instead of the
+            default search (NLTK data, `$KERAS_HIER_WORDNET`,
+            `/usr/share/wordnet`).
+
+    Returns:
+        An `nltk.corpus.reader.WordNetCorpusReader`.
+
+    Raises:
+        RuntimeError: no WordNet found; the message says how to get one.
+    """
+    import nltk
+
+    if wordnet_dir is None:
+        reader = _nltk_wordnet()
+        if reader is not None:
+            return reader
+        candidates = [os.environ.get("KERAS_HIER_WORDNET"), DEBIAN_WORDNET]
+    else:
+        candidates = [os.fspath(wordnet_dir)]
+    for candidate in candidates:
+        if candidate and os.path.isfile(os.path.join(candidate, "data.noun")):
+            nltk_root, corpus = _prepare_database_copy(candidate)
+            if nltk_root not in nltk.data.path:
+                nltk.data.path.append(nltk_root)
+            return _OfflineWordNetReader(corpus, None)
+    raise RuntimeError(
+        "WordNet 3.0 not found. Install it one of these ways: "
+        "`python -c \"import nltk; nltk.download('wordnet')\"` (needs internet), "
+        "`apt-get install wordnet-base` (Debian/Ubuntu: /usr/share/wordnet), "
+        "or pass wordnet_dir=/path/to/wordnet-3.0/dict (or set KERAS_HIER_WORDNET)."
+    )
+
+
+def _offline_reader_class():
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    class OfflineWordNetReader(WordNetCorpusReader):
+        """Skips the sense-key remapping for the Open Multilingual Wordnet,
+        which needs files a plain WordNet 3.0 database does not have."""
+
+        def map_wn(self, version="wordnet"):
+            return None
+
+    return OfflineWordNetReader
+
+
+def _OfflineWordNetReader(root, omw_reader):
+    import warnings
+
+    with warnings.catch_warnings():
+        # "The multilingual functions are not available": expected offline.
+        warnings.simplefilter("ignore", UserWarning)
+        return _offline_reader_class()(root, omw_reader)
+
+
+def class_synsets(classes, synsets=None, wordnet_dir=None):
+    """Chooses a noun synset for every class.
+
+    Args:
+        classes: class names (`"pickup_truck"`, `"maple tree"`) or synset names
+            (`"dog.n.01"`).
+        synsets: optional mapping class name -> synset name (overrides).
+        wordnet_dir: see `get_wordnet`.
+
+    Returns:
+        `(chosen, ambiguous)`: a dict class name -> synset, and the list of
+        class names whose word had several noun senses (the first was taken).
+
+    Raises:
+        ValueError: naming a class with no noun synset, or a bad override.
+    """
+    wordnet = get_wordnet(wordnet_dir)
+    overrides = dict(synsets or {})
+    unknown = set(overrides) - {str(name) for name in classes}
+    if unknown:
+        raise ValueError(f"synsets given for names that are not classes: {sorted(unknown)}")
+    chosen, ambiguous = {}, []
+    for name in classes:
+        name = str(name)
+        key = overrides.get(name, name)
+        if _looks_like_synset(key):
+            try:
+                chosen[name] = wordnet.synset(key)
+            except Exception:  # nltk raises WordNetError / ValueError
+                raise ValueError(f"class {name!r}: WordNet has no synset {key!r}") from None
+            continue
+        lemma = key.strip().replace(" ", "_").replace("-", "_")
+        senses = wordnet.synsets(lemma, pos="n")
+        if not senses:
+            raise ValueError(f"class {name!r}: WordNet has no noun synset for {lemma!r}; "
+                             f"pass synsets={{{name!r}: 'word.n.01'}}")
+        if len(senses) > 1:
+            ambiguous.append(name)
+        chosen[name] = senses[0]
+    return chosen, ambiguous
+
+
+def _looks_like_synset(key):
+    parts = key.rsplit(".", 2)
+    return len(parts) == 3 and parts[1] in ("n", "v", "a", "s", "r") and parts[2].isdigit()
+
+
+def hypernym_path(synset):
+    """The one hypernym path used for the tree (root first, synset last).
+
+    Longest of `synset.hypernym_paths()`, ties broken by the smallest tuple
+    of synset names.
+    """
+    paths = synset.hypernym_paths()
+    return min(paths, key=lambda path: (-len(path), tuple(s.name() for s in path)))
