@@ -589,6 +589,11 @@ class Hierarchy:
 
     def to_csv(self, path=None, separator="/"):
         """Writes `Class,Path,Number` (readable by `from_csv`); returns the text."""
+        for name, node_path in zip(self._classes, self._paths):
+            bad = [node for node in node_path[:-1] + (name,) if separator in node]
+            if bad:
+                raise ValueError(f"class {name!r}: node name {bad[0]!r} contains the path separator "
+                                 f"{separator!r}; pass another separator")
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["Class", "Path", "Number"])

@@ -90,18 +90,25 @@ def _cache_root():
 
 
 def _nltk_wordnet():
+    """NLTK's own WordNet data, or None (our cached copy does not count)."""
     import nltk
 
-    try:
-        nltk.data.find("corpora/wordnet")
-    except LookupError:
+    own = os.path.abspath(_cache_root())
+    found = None
+    for resource in ("corpora/wordnet", "corpora/wordnet.zip"):
         try:
-            nltk.data.find("corpora/wordnet.zip")
+            found = str(nltk.data.find(resource))
+            break
         except LookupError:
-            return None
+            continue
+    if found is None or os.path.abspath(found).startswith(own):
+        return None
     from nltk.corpus import wordnet
 
-    wordnet.ensure_loaded()
+    try:
+        wordnet.ensure_loaded()
+    except (OSError, LookupError):
+        return None
     return wordnet
 
 
