@@ -24,6 +24,7 @@ Sources (`name_or_path`):
 import dataclasses
 import glob
 import gzip
+import logging
 import math
 import os
 import pathlib
@@ -283,6 +284,8 @@ def _tfds_arrays(name, split, data_dir=None, manual_dir=None, timeout=3.0):
             if not _reachable(sorted(hosts), timeout):
                 for local in LOCAL_FALLBACKS.get(name, ()):
                     if os.path.isdir(local) and _idx_files(pathlib.Path(local), split):
+                        logging.getLogger("keras_hier").warning(
+                            "tfds %r unavailable offline; using the IDX files in %s", name, local)
                         return _load_idx(pathlib.Path(local), split)
                 raise ConnectionError(_offline_message(name, data_dir, manual_dir, builder))
             builder.download_and_prepare()
@@ -418,13 +421,20 @@ def make_pipeline(images, labels, batch_size=128, shuffle=False, seed=0, augment
     if shuffle:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    def scale(x, y):
+        return tf.cast(x, tf.float32) / 255.0, y
+
     if image_dtype == "float32":
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment:
         aug = augmentation(seed)
-        ds = ds.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+        def transform(x, y):
+            return tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y
+
+        # sequential: the layers' seed state then advances in a fixed order,
+        # so the augmented stream is a function of `seed`
+        ds = ds.map(transform)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

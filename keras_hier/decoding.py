@@ -63,27 +63,39 @@ def _tables(hierarchy):
         np.maximum.at(deepest, ancestors[level], leaf_depths)
         heights.append(deepest - (level + 1))
     return {"ancestors": ancestors, "sizes": sizes, "parents": parents, "leaf_order": leaf_order,
+            "leaf_is_identity": bool(np.array_equal(leaf_nodes, np.arange(num_classes))),
             "leaf_depths": leaf_depths, "mask": mask, "heights": heights, "root_height": int(depth)}
 
 
 def _cost_weights(hierarchy, cost):
-    """Per-class weights of the factorised expected cost.
+    """Weights of the factorised expected cost, one per node of every level.
 
-    E_j = bias[j] + e_coef * sum_i p_i d_i + sum_l weights[j, l] * P_l(anc_l(j)).
+    E_j = bias[j] + e_coef * sum_i p_i d_i + sum_{l} weights[l][anc_l(j)] * P_l(anc_l(j)),
+    where copies of shallow leaves (levels below their depth) weigh 0. A weight
+    depends only on the node (and its parent), so the sum over levels is a
+    cumulative sum down the tree on node arrays, gathered to the classes once.
     """
     t = _tables(hierarchy)
-    mask = t["mask"].astype(np.float32)
+    depth = hierarchy.depth
+    real = []  # real[l][n]: node n of level l is on the path of its classes (not a copy)
+    for level in range(depth):
+        flags = np.zeros(t["sizes"][level], dtype=bool)
+        flags[t["ancestors"][level]] = t["mask"][:, level]
+        real.append(flags)
     if cost == "path":
         # t(i, j) = d_i + d_j - 2 lca_depth(i, j) and
         # sum_i p_i lca_depth(i, j) = sum_{l < d_j} P_l(anc_l(j)).
-        return t["leaf_depths"].astype(np.float32), 1.0, -2.0 * mask
+        weights = [np.where(flags, -2.0, 0.0).astype(np.float32) for flags in real]
+        return t["leaf_depths"].astype(np.float32), 1.0, weights
     if cost == "lca_height":
         # lca(i, j) is the deepest node of j's chain that holds i; along the chain
         # root = a_{-1}, a_0, ..., a_{d_j - 1} = j the height only decreases, so
         # sum_i p_i h(lca) = h(root) + sum_{l < d_j} (h(a_l) - h(a_{l-1})) P_l(a_l).
-        chain = np.stack([t["heights"][level][t["ancestors"][level]] for level in range(hierarchy.depth)], axis=1)
-        previous = np.concatenate([np.full((hierarchy.num_classes, 1), t["root_height"]), chain[:, :-1]], axis=1)
-        weights = (chain - previous).astype(np.float32) * mask
+        weights = []
+        for level in range(depth):
+            parent_height = (np.full(t["sizes"][0], t["root_height"]) if level == 0
+                             else t["heights"][level - 1][t["parents"][level]])
+            weights.append(np.where(real[level], t["heights"][level] - parent_height, 0).astype(np.float32))
         bias = np.full(hierarchy.num_classes, t["root_height"], dtype=np.float32)
         return bias, 0.0, weights
     raise ValueError(f"unknown cost {cost!r}; use one of {COSTS}")
@@ -122,7 +134,8 @@ def level_marginals(probabilities, hierarchy):
     probabilities = ops.cast(ops.convert_to_tensor(probabilities), "float32")
     _check_scores(probabilities, hierarchy, "level_marginals")
     t = _tables(hierarchy)
-    current = ops.transpose(ops.take(probabilities, t["leaf_order"], axis=1))  # [nodes, B]
+    leaf_level = probabilities if t["leaf_is_identity"] else ops.take(probabilities, t["leaf_order"], axis=1)
+    current = ops.transpose(leaf_level)  # [nodes, B]: segment sums reduce axis 0
     levels = [current]
     for level in range(hierarchy.depth - 1, 0, -1):
         current = ops.segment_sum(current, t["parents"][level], num_segments=t["sizes"][level - 1])
@@ -151,12 +164,6 @@ def node_marginals(probabilities, hierarchy):
     [[0.5, 0.5, 0.2, 0.3, 0.5]]
     """
     return ops.concatenate(level_marginals(probabilities, hierarchy), axis=1)
-
-
-def _chain_marginals(levels, hierarchy):
-    """[B, C] per level: the marginal of class j's ancestor at that level."""
-    t = _tables(hierarchy)
-    return [ops.take(levels[level], t["ancestors"][level], axis=1) for level in range(hierarchy.depth)]
 
 
 def expected_cost(probabilities, hierarchy, cost="path", levels=None):
@@ -192,13 +199,22 @@ def expected_cost(probabilities, hierarchy, cost="path", levels=None):
     if levels is None:
         levels = level_marginals(probabilities, hierarchy)
     bias, e_coef, weights = _cost_weights(hierarchy, cost)
-    total = ops.expand_dims(ops.convert_to_tensor(bias), 0)
+    t = _tables(hierarchy)
+    running = levels[0] * ops.convert_to_tensor(weights[0])
+    for level in range(1, hierarchy.depth):
+        running = ops.take(running, t["parents"][level], axis=1) + levels[level] * ops.convert_to_tensor(weights[level])
+    total = _to_class_order(running, t) + ops.expand_dims(ops.convert_to_tensor(bias), 0)
     if e_coef:
-        depths = ops.convert_to_tensor(_tables(hierarchy)["leaf_depths"].astype(np.float32))
+        depths = ops.convert_to_tensor(t["leaf_depths"].astype(np.float32))
         total = total + e_coef * ops.sum(probabilities * depths, axis=1, keepdims=True)
-    for level, chain in enumerate(_chain_marginals(levels, hierarchy)):
-        total = total + chain * ops.convert_to_tensor(weights[:, level])
     return total
+
+
+def _to_class_order(leaf_level, t):
+    """[B, C] class-level node values -> class-id order (the identity for the usual numbering)."""
+    if t["leaf_is_identity"]:
+        return leaf_level
+    return ops.take(leaf_level, t["ancestors"][-1], axis=1)
 
 
 def decode(scores, hierarchy, decoder="argmax", *, from_logits=True, cost="path", backoff_threshold=None,

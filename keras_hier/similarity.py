@@ -184,3 +184,258 @@ def similarity_from_scores(scores=None, lower=0.0, embeddings=None):
     matrix = np.clip((sim - lower) / (1.0 - lower), 0.0, 1.0)
     np.fill_diagonal(matrix, 1.0)
     return validate_similarity(matrix, name="similarity from scores")
+
+
+# ---------------------------------------------------------------------------
+# Tree factorisation of S (used by the factorised SimLoss, soft labels, ...)
+# ---------------------------------------------------------------------------
+class TreeFactors:
+    """S written as per-level increments on shared ancestors.
+
+    For classes y, j and the levels l = 0 .. depth - 1 of a `Hierarchy`:
+
+        S[y, j] = column_scale[j] * (weights[y, 0]
+                  + sum_l weights[y, l + 1] * [node_ids[y, l] == node_ids[j, l]])
+
+    `weights[y, l + 1]` is 0 on levels below a shallow leaf (`level_mask`
+    False). So sum_j S[y, j] v_j needs only per-node sums of
+    column_scale * v (O(C * depth)), never the [C, C] matrix.
+
+    Attributes:
+        column_scale: float32 [C] (all ones when S depends only on the LCA).
+        weights: float32 [C, depth + 1]; column 0 is the root term.
+    """
+
+    def __init__(self, column_scale, weights):
+        self.column_scale = np.asarray(column_scale, dtype=np.float32)
+        self.weights = np.asarray(weights, dtype=np.float32)
+
+    def dense(self, hierarchy):
+        """The [C, C] matrix these factors represent (O(C^2): tests, small C)."""
+        ids, mask = hierarchy.node_ids, hierarchy.level_mask
+        same = (ids[:, None, :] == ids[None, :, :]) & mask[:, None, :]  # [y, j, l]
+        inner = self.weights[:, :1].astype(np.float64) + np.einsum(
+            "yjl,yl->yj", same.astype(np.float64), self.weights[:, 1:].astype(np.float64))
+        return (inner * self.column_scale[None, :]).astype(np.float32)
+
+    def row_sums(self, hierarchy, values=None):
+        """sum_j S[y, j] * values[j] for every class y (float64 [C]), O(C * depth)."""
+        values = np.ones(hierarchy.num_classes) if values is None else np.asarray(values, dtype=np.float64)
+        scaled = self.column_scale.astype(np.float64) * values
+        out = self.weights[:, 0].astype(np.float64) * scaled.sum()
+        for level in range(hierarchy.depth):
+            ids = hierarchy.ancestors(level)
+            node_total = np.bincount(ids, weights=scaled, minlength=hierarchy.num_nodes(level))
+            out = out + self.weights[:, level + 1] * node_total[ids]
+        return out
+
+
+def node_heights(hierarchy):
+    """float64 [C, depth + 1]: height of class y's ancestor at each level.
+
+    Column 0 is the root (height = tree depth), column l + 1 the level-l
+    ancestor; entries below a shallow leaf repeat the leaf's height 0. Height
+    = longest downward path to a leaf, as in `Hierarchy.distance_matrix(
+    "lca_height")`.
+    """
+    depth = hierarchy.depth
+    leaf_depths = np.asarray(hierarchy.leaf_depths)
+    heights = np.zeros((hierarchy.num_classes, depth + 1))
+    heights[:, 0] = depth
+    for level in range(depth):
+        ids = hierarchy.ancestors(level)
+        deepest = np.zeros(hierarchy.num_nodes(level), dtype=np.int64)
+        np.maximum.at(deepest, ids, leaf_depths)
+        heights[:, level + 1] = np.maximum(deepest[ids] - (level + 1), 0)
+    return heights
+
+
+def _min_lca_depth(hierarchy):
+    """Depth of the shallowest node with two or more children (0 = root)."""
+    previous = 1
+    for level, size in enumerate(hierarchy.level_sizes):
+        if size > previous:
+            return level
+        previous = size
+    return None  # a single class
+
+
+def tree_factors(hierarchy, rule="exp", beta=1.0, distance="path"):
+    """Factorises `tree_similarity(hierarchy, rule, beta, distance)` over the tree.
+
+    - `distance="lca_height"`: S = g(height(lca)) depends only on the LCA
+      node, so the weights are the increments of g along each class's path
+      (any tree, `column_scale` = 1).
+    - `distance="path"`, `rule="exp"`: exp(-beta t) with
+      t = d_y + d_j - 2 d_lca = exp(-beta d_y) exp(-beta d_j) exp(2 beta d_lca):
+      exact on ragged trees too (`column_scale[j]` = exp(-beta d_j)).
+    - `distance="path"` with `"linear"` or a callable rule: t is a function of
+      the LCA depth only on uniform trees; on ragged trees a `ValueError`
+      points to the dense form (`SimLoss(tree_similarity(...))`).
+
+    Args:
+        hierarchy: a `keras_hier.Hierarchy`.
+        rule, beta, distance: as in `tree_similarity`.
+
+    Returns:
+        A `TreeFactors`; `factors.dense(hierarchy)` equals
+        `tree_similarity(hierarchy, rule, beta, distance)` (float32 rounding).
+
+    Example:
+
+    >>> from keras_hier import Hierarchy
+    >>> h = Hierarchy.from_paths(["a/x", "a/y", "b"])
+    >>> f = tree_factors(h, "exp", beta=1.0)
+    >>> bool(np.allclose(f.dense(h), tree_similarity(h, "exp", 1.0)))
+    True
+    """
+    if distance not in ("path", "lca_height"):
+        raise ValueError(f"unknown distance kind {distance!r}; use 'path' or 'lca_height'")
+    if not (callable(rule) or rule in TREE_RULES):
+        raise ValueError(f"unknown tree similarity rule {rule!r}; use one of {TREE_RULES} or a callable")
+    if rule == "exp" and not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    num_classes, depth = hierarchy.num_classes, hierarchy.depth
+    mask = np.asarray(hierarchy.level_mask)
+    leaf_depths = np.asarray(hierarchy.leaf_depths, dtype=np.float64)
+    branch = _min_lca_depth(hierarchy)
+    if distance == "path" and rule == "exp":
+        # exp(2 beta d_lca) = 1 + sum_{k=1}^{d_lca} (e^{2 beta k} - e^{2 beta (k - 1)}).
+        k = np.arange(1, depth + 1, dtype=np.float64)
+        increments = np.exp(2 * beta * k) - np.exp(2 * beta * (k - 1))
+        scale_y = np.exp(-beta * leaf_depths)
+        weights = np.concatenate([np.ones((num_classes, 1)), np.broadcast_to(increments, (num_classes, depth))], 1)
+        weights = weights * scale_y[:, None]
+        column_scale = np.exp(-beta * leaf_depths)
+        if not np.all(np.isfinite(weights)) or weights.max() > 1e30:
+            raise ValueError(f"beta={beta} with depth {depth} overflows the factorised form "
+                             "(exp(beta * depth) too large); use the dense SimLoss(tree_similarity(...))")
+    else:
+        if distance == "path":
+            if not hierarchy.is_uniform:
+                raise ValueError(
+                    f"rule {rule!r} on path distances factorises over the tree only when all leaves have the "
+                    "same depth; this hierarchy is ragged. Use rule='exp' or distance='lca_height', or the "
+                    "dense form SimLoss(tree_similarity(hierarchy, rule, ...)) for small C")
+            # t = 2 (depth - d_lca) for the node at depth k.
+            t_nodes = 2.0 * (depth - np.arange(depth + 1, dtype=np.float64))
+            t = np.broadcast_to(t_nodes, (num_classes, depth + 1))
+            t_max = 0.0 if branch is None else 2.0 * (depth - branch)
+        else:
+            t = node_heights(hierarchy)
+            t_max = 0.0 if branch is None else float(depth - branch)
+        if callable(rule):
+            g = np.asarray(rule(t), dtype=np.float64)
+        elif rule == "exp":
+            g = np.exp(-beta * t)
+        else:
+            g = 1.0 - t / t_max if t_max > 0 else np.ones_like(t)
+        weights = np.concatenate([g[:, :1], np.diff(g, axis=1)], axis=1)
+        column_scale = np.ones(num_classes)
+    weights[:, 1:] = np.where(mask, weights[:, 1:], 0.0)
+    return TreeFactors(column_scale, weights)
+
+
+# ---------------------------------------------------------------------------
+# Spherical MDS proxies
+# ---------------------------------------------------------------------------
+def mds_target_distances(hierarchy, beta=1.0, distance="path"):
+    """T = sqrt(2) t / (beta + t): tree distances mapped into [0, sqrt(2)) (float64 [C, C])."""
+    t = hierarchy.distance_matrix(distance).astype(np.float64)
+    return np.sqrt(2.0) * t / (beta + t)
+
+
+def mds_proxies(hierarchy, dim, beta=1.0, steps=1000, learning_rate=1e-3, seed=0):
+    """Fixed class proxies on the unit sphere whose chordal distances follow the tree.
+
+    Fits unit vectors V [C, dim] minimising the normalised stress
+    ||T - D(V)||_F / ||T||_F, with T = sqrt(2) t / (beta + t) (t = path
+    distance) and D(V) the chordal distances, by `steps` Adam steps (rows
+    re-normalised after each step), as in the ProxyDR paper's MDS option.
+    Imports Keras lazily (this module stays TensorFlow-free otherwise).
+
+    Args:
+        hierarchy: a `keras_hier.Hierarchy`.
+        dim: embedding dimension D.
+        beta: the beta of T (> 0).
+        steps: Adam steps.
+        learning_rate: Adam learning rate.
+        seed: seed of the random initial vectors.
+
+    Returns:
+        (proxies float32 [C, dim] with unit rows, normalised stress float).
+    """
+    if int(dim) < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    import keras
+    from keras import ops
+
+    target = mds_target_distances(hierarchy, beta).astype(np.float32)
+    norm = float(np.linalg.norm(target)) or 1.0
+    rng = np.random.default_rng(seed)
+    start = rng.standard_normal((hierarchy.num_classes, int(dim)))
+    start /= np.linalg.norm(start, axis=1, keepdims=True)
+    vectors = keras.Variable(start.astype(np.float32), name="mds_vectors")
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    target_t = ops.convert_to_tensor(target)
+
+    def stress(v):
+        unit = v / ops.sqrt(ops.maximum(ops.sum(v * v, axis=1, keepdims=True), 1e-12))
+        d2 = ops.maximum(2.0 - 2.0 * ops.matmul(unit, ops.transpose(unit)), 0.0)
+        d = ops.sqrt(d2 + 1e-12) * (1.0 - ops.eye(ops.shape(v)[0]))
+        return ops.sqrt(ops.sum(ops.square(target_t - d))) / norm
+
+    step = _mds_step_function(stress, vectors, optimizer)
+    for _ in range(int(steps)):
+        step()
+    final = ops.convert_to_numpy(vectors).astype(np.float64)
+    final /= np.linalg.norm(final, axis=1, keepdims=True)
+    gram = np.clip(final @ final.T, -1.0, 1.0)
+    d = np.sqrt(np.maximum(2.0 - 2.0 * gram, 0.0))
+    np.fill_diagonal(d, 0.0)
+    value = float(np.linalg.norm(target - d) / norm)
+    return final.astype(np.float32), value
+
+
+def _mds_step_function(stress, vectors, optimizer):
+    """One Adam step on `stress` (per backend; the only backend-specific code here)."""
+    import keras
+    from keras import ops
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = stress(vectors)
+            optimizer.apply_gradients([(tape.gradient(loss, vectors), vectors)])
+            vectors.assign(vectors / tf.norm(vectors, axis=1, keepdims=True))
+        return step
+    if backend == "jax":
+        import jax
+
+        grad = jax.jit(jax.grad(lambda v: stress(v)))
+
+        def step():
+            optimizer.apply_gradients([(grad(vectors.value), vectors)])
+            vectors.assign(vectors / ops.sqrt(ops.sum(ops.square(vectors), axis=1, keepdims=True)))
+        return step
+    if backend == "torch":
+        import torch
+
+        def step():
+            value = vectors.value
+            value.grad = None
+            loss = stress(value)
+            (gradient,) = torch.autograd.grad(loss, value)
+            optimizer.apply_gradients([(gradient, vectors)])
+            vectors.assign(vectors / ops.sqrt(ops.sum(ops.square(vectors), axis=1, keepdims=True)))
+        return step
+    raise NotImplementedError(f"mds_proxies does not support the {backend!r} backend")
+
+
+__all__ += ["TreeFactors", "tree_factors", "node_heights", "mds_target_distances", "mds_proxies"]

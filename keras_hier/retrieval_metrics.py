@@ -65,9 +65,10 @@ def _neighbour_blocks(x, k, block_size):
             part = np.argpartition(sim, k - 1, axis=1)[:, :k]
         else:
             part = np.argsort(sim, axis=1)[:, :k]
+        part.sort(axis=1)  # ascending index, so the stable sort below breaks ties by index
         vals = np.take_along_axis(sim, part, axis=1)
         del sim
-        order = np.lexsort((part, vals), axis=1)  # by similarity, then index
+        order = np.argsort(vals, axis=1, kind="stable")
         yield start, stop, np.take_along_axis(part, order, axis=1)
 
 

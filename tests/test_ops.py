@@ -1,0 +1,120 @@
+"""keras_hier.ops against straightforward NumPy references."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from keras import ops
+
+from keras_hier import Hierarchy
+from keras_hier import ops as kh_ops
+
+
+def random_tree(seed, num_classes=12, max_depth=5, branching=2):
+    """A ragged random tree: class c gets a random-length path of random node names."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for c in range(num_classes):
+        depth = int(rng.integers(1, max_depth + 1))
+        inner = [f"n{rng.integers(0, branching)}" for _ in range(depth - 1)]
+        paths.append("/".join(inner + [f"class{c}"]))
+    return Hierarchy.from_paths(paths)
+
+
+def reference_node_sums(values, h):
+    out = np.zeros((values.shape[0], h.num_node_ids))
+    for node in range(h.num_node_ids):
+        members = np.flatnonzero((h.node_ids == node).any(axis=1))
+        out[:, node] = values[:, members].sum(axis=1)
+    return out
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), batch=st.integers(1, 4))
+def test_node_sums_matches_reference_on_random_ragged_trees(seed, batch):
+    h = random_tree(seed)
+    values = np.random.default_rng(seed).normal(size=(batch, h.num_classes)).astype(np.float32)
+    got = ops.convert_to_numpy(kh_ops.node_sums(values, h))
+    np.testing.assert_allclose(got, reference_node_sums(values, h), rtol=1e-5, atol=1e-5)
+
+
+def test_node_sums_uniform_tree_and_parent_dominates_child():
+    h = Hierarchy.from_paths(["a/b/x", "a/b/y", "a/c/z", "d/e/w"])
+    p = np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    sums = ops.convert_to_numpy(kh_ops.node_sums(p, h))
+    np.testing.assert_allclose(sums, reference_node_sums(p, h), atol=1e-6)
+    for c in range(4):
+        chain = sums[0, h.node_ids[c]]
+        assert np.all(np.diff(chain) <= 1e-7)
+
+
+def test_gather_path_sums_picks_each_samples_column():
+    h = random_tree(3)
+    values = np.random.default_rng(0).random((5, h.num_classes)).astype(np.float32)
+    labels = np.array([0, 3, 5, 7, 11])
+    sums_t = kh_ops.node_sums_transposed(ops.transpose(values), h)
+    got = ops.convert_to_numpy(kh_ops.gather_path_sums(sums_t, h.node_ids[labels]))
+    ref = reference_node_sums(values, h)
+    np.testing.assert_allclose(got, np.take_along_axis(ref, h.node_ids[labels], axis=1), rtol=1e-5)
+
+
+def test_node_logsumexp_is_stable():
+    h = random_tree(5)
+    logits = np.random.default_rng(1).normal(size=(3, h.num_classes)) * 300
+    got = ops.convert_to_numpy(kh_ops.node_logsumexp(logits.astype(np.float32), h))
+    ref = np.full((3, h.num_node_ids), -np.inf)
+    for node in range(h.num_node_ids):
+        members = np.flatnonzero((h.node_ids == node).any(axis=1))
+        m = logits[:, members].max(axis=1)
+        ref[:, node] = m + np.log(np.exp(logits[:, members] - m[:, None]).sum(axis=1))
+    finite = ref > logits.max(axis=1, keepdims=True) - 80
+    np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-5, atol=1e-3)
+    assert np.all(np.isfinite(got[:, : h.num_nodes(0)]) | ~finite[:, : h.num_nodes(0)])
+
+
+def test_tree_plan_is_cached_per_hierarchy():
+    h = random_tree(2)
+    assert kh_ops.tree_plan(h) is kh_ops.tree_plan(h)
+    plan = kh_ops.tree_plan(h)
+    assert kh_ops.tree_plan(plan) is plan
+
+
+def _unit(x):
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+
+
+@pytest.mark.parametrize("distance", ["chordal", "arccos"])
+def test_logit_forms_match_numpy(distance):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 8)).astype(np.float32)
+    w = rng.normal(size=(6, 8)).astype(np.float32)
+    cos = np.clip(_unit(x.astype(np.float64)) @ _unit(w.astype(np.float64)).T, -1, 1)
+    d2 = 2 - 2 * cos if distance == "chordal" else np.arccos(cos) ** 2
+    nf = ops.convert_to_numpy(kh_ops.normface_logits(x, w, 10.0, distance))
+    pd = ops.convert_to_numpy(kh_ops.proxydr_logits(x, w, 10.0, distance))
+    np.testing.assert_allclose(nf, 10 - 5 * d2, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(pd, -5 * np.log(d2 + 1e-12), rtol=1e-4, atol=1e-4)
+    if distance == "chordal":
+        np.testing.assert_allclose(nf, 10 * cos, atol=1e-4)
+    assert nf.dtype == np.float32 and pd.dtype == np.float32
+
+
+def test_zero_embeddings_and_proxies_give_finite_logits():
+    x = np.zeros((2, 4), dtype=np.float32)
+    w = np.zeros((3, 4), dtype=np.float32)
+    w[0, 0] = 1.0
+    for form in (kh_ops.normface_logits, kh_ops.proxydr_logits):
+        for distance in kh_ops.DISTANCES:
+            assert np.all(np.isfinite(ops.convert_to_numpy(form(x, w, 10.0, distance))))
+    assert np.all(ops.convert_to_numpy(kh_ops.l2_normalize(x)) == 0)
+
+
+def test_proxydr_logit_is_capped_by_epsilon_at_distance_zero():
+    x = np.array([[1.0, 0.0]], dtype=np.float32)
+    logits = ops.convert_to_numpy(kh_ops.proxydr_logits(x, x, 10.0))
+    np.testing.assert_allclose(logits[0, 0], -5 * np.log(1e-12), rtol=1e-5)
+
+
+def test_unknown_distance_is_rejected():
+    with pytest.raises(ValueError, match="distance"):
+        kh_ops.normface_logits(np.ones((1, 2)), np.ones((1, 2)), 1.0, "cosine")

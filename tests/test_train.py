@@ -1,0 +1,201 @@
+"""Tests for recipes.train / recipes.configs on a tiny synthetic dataset."""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from recipes import configs
+from recipes import train as recipe
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck"]
+
+
+def _dataset(root, n_train=96, n_test=40):
+    """CIFAR-10-named classes (so the built-in hierarchy applies), 8x8 images whose
+    mean colour depends on the class."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % 10
+        base = (labels[:, None, None, None] * 25).astype(np.int64)
+        images = np.clip(base + rng.integers(-20, 20, (n, 8, 8, 3)), 0, 255).astype(np.uint8)
+        np.savez(root / f"tiny_{split}.npz", images=images, labels=labels,
+                 label_names=np.array(CIFAR10))
+    return root
+
+
+def _config_file(tmp_path, **extra):
+    cfg = {"dataset": str(_dataset(tmp_path / "data")), "epochs": 3, "batch_size": 16,
+           "validation_split": 0.25, "backbone_kwargs": {"filters": [8, 8, 16, 16]},
+           "embedding_dim": 8, "n_permutations": 10, "figures": False, "head": "proxydr",
+           "lr": 3e-3, "verbose": 2}
+    cfg.update(extra)
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _run(code, *args, timeout=240):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               CUDA_VISIBLE_DEVICES="")
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+_KILLABLE = """
+    import json, os, sys
+    import keras
+    from recipes.train import config_from_args, train
+
+    kill_epoch, kill_batch, probe = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+
+    def checksum(model):
+        return float(sum(float(abs(w).sum()) for w in model.get_layer("embedding").get_weights()))
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):  # runs after BackupAndRestore restored
+            with open(probe + ".begin", "w") as f:
+                json.dump({"checksum": checksum(self.model)}, f)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_epoch_end(self, epoch, logs=None):
+            with open(probe + f".end{epoch}", "w") as f:
+                json.dump({"checksum": checksum(self.model)}, f)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == kill_epoch and batch == kill_batch:
+                os._exit(17)  # a kill: no cleanup, no callbacks
+
+    config, out = config_from_args(sys.argv[4:])
+    train(config, out, callbacks=[Probe()])
+"""
+
+
+def test_train_end_to_end_with_kill_and_resume(tmp_path):
+    cfg = _config_file(tmp_path)
+    out = tmp_path / "run"
+    probe = str(tmp_path / "probe")
+    args = ["--config", str(cfg), "--out", str(out), "--ema"]
+    first = _run(_KILLABLE, "1", "1", probe, *args)
+    assert first.returncode == 17, first.stderr[-3000:]
+    meta = json.loads((out / "backup" / "training_metadata.json").read_text())
+    assert meta["epoch"] == 1  # epoch 0 saved, epoch 1 lost mid-way
+    assert not (out / "summary.json").exists()
+
+    second = _run(_KILLABLE, "-1", "-1", probe, *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    # training resumed from the saved state of epoch 0, not from scratch
+    begin = json.loads(pathlib.Path(probe + ".begin").read_text())["checksum"]
+    end0 = json.loads(pathlib.Path(probe + ".end0").read_text())["checksum"]
+    assert begin == pytest.approx(end0, rel=1e-6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["history"]["loss"]) == 2  # epochs 1 and 2 only
+    with open(out / "history.csv") as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert epochs == [0, 1, 2]
+    assert summary["best"]["monitor"] == "val_accuracy" and 1 <= summary["best"]["epoch"] <= 3
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert "ahc" in summary["classification"]
+    assert (out / "report" / "report.md").exists() and (out / "report" / "results.json").exists()
+    assert (out / "export" / "1" / "saved_model.pb").exists()
+    assert (out / "best.weights.h5").exists() and (out / "logs").is_dir()
+    assert json.loads((out / "config.json").read_text())["ema"] is True
+    # a finished run is not trained again
+    third = _run(_KILLABLE, "-1", "-1", probe, *args, "--no-export", "--no-evaluate")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["history"] == {}
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    cfg = _config_file(tmp_path, epochs=1, head="normface")
+    code = """
+        import sys
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from recipes.train import main
+        sys.exit(main(sys.argv[1:]))
+    """
+    out = tmp_path / "mirrored"
+    done = _run(code, "--config", str(cfg), "--out", str(out), "--strategy", "mirrored",
+                "--no-evaluate", "--no-export")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["replicas"] == 2 and summary["policy"] == "float32"
+    assert np.isfinite(summary["history"]["loss"][0])
+
+
+@pytest.mark.parametrize("head,loss,options", [
+    ("softmax", "ce", {}),
+    ("normface", "simloss", {"dynamic": True}),
+    ("proxydr", "hxe", {"ema": True, "dynamic": True}),
+    ("proxydr", "softlabel", {"mds": True}),
+    ("corr", "ce", {"mds": True}),
+])
+def test_every_head_and_loss_trains(head, loss, options):
+    import keras
+    from keras_hier import hierarchies
+
+    h = hierarchies.cifar10()
+    config = configs.get_config("cpu_small", head=head, loss=loss, embedding_dim=8,
+                                backbone_kwargs={"filters": [4, 4, 8, 8]}, **options)
+    model = recipe.build_model(config, h, (8, 8, 3))
+    recipe.compile_model(model, config, h)
+    assert model.get_layer("embedding") is not None and model.get_layer("head") is not None
+    x = np.random.default_rng(0).random((20, 8, 8, 3), dtype=np.float32)
+    y = np.arange(20) % 10
+    history = model.fit(x, y, batch_size=10, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    logits = model.predict(x[:2], verbose=0)
+    assert logits.shape == (2, 10) and logits.dtype == np.float32
+    assert isinstance(model.loss, keras.losses.Loss)
+
+
+def test_configs_match_the_paper_recipe():
+    paper = configs.get_config("paper_cifar100")
+    expected = {"dataset": "cifar100", "backbone": "resnet50", "embedding_dim": 128,
+                "augment": True, "batch_size": 32, "lr": 1e-4, "weight_decay": 0.0,
+                "epochs": 100, "seeds": [1, 2, 3, 4, 5]}
+    for key, value in expected.items():
+        assert paper[key] == value, key
+    assert round(50_000 * paper["validation_split"]) == 5_000
+    small = configs.get_config("cpu_small", epochs=7, head=None)
+    assert small["epochs"] == 7 and small["head"] == configs.DEFAULTS["head"]
+    with pytest.raises(ValueError, match="nope"):
+        configs.get_config("nope")
+    with pytest.raises(ValueError, match="colour"):
+        configs.get_config("cpu_small", colour=1)
+
+
+def test_command_line_overrides(tmp_path):
+    config, out = recipe.config_from_args(
+        ["--config", "cpu_cifar10", "--head", "normface", "--ema", "--no-augment",
+         "--epochs", "2", "--batch-size", "64", "--lr", "0.01", "--seed", "4",
+         "--embedding-dim", "32", "--loss", "simloss"])
+    assert (config["head"], config["ema"], config["augment"], config["epochs"]) == \
+        ("normface", True, False, 2)
+    assert (config["batch_size"], config["lr"], config["seed"], config["embedding_dim"],
+            config["loss"]) == (64, 0.01, 4, 32, "simloss")
+    assert out == os.path.join("runs", "cpu_cifar10_normface_s4")
+    with pytest.raises(SystemExit):
+        recipe.config_from_args(["--head", "arcface"])
+
+
+def test_main_reports_bad_data_cleanly(tmp_path, capsys):
+    code = recipe.main(["--dataset", str(tmp_path / "missing.npz"), "--out",
+                        str(tmp_path / "r"), "--epochs", "1"])
+    assert code == 2
+    assert "missing.npz" in capsys.readouterr().err
