@@ -33,24 +33,36 @@ _EXPORTS = {
     "ProxyDRHead": "layers",
     "initial_dynamic_scale": "layers",
     "build_classifier": "models",
+    # streaming metrics
+    "MistakeSeverity": "metrics",
+    "AverageHierarchicalDistanceAtK": "metrics",
+    "LevelAccuracy": "metrics",
+    "SuperclassAccuracy": "metrics",
     # evaluation
-    "hierarchical_inference": "evaluation",
+    "hierarchical_inference": "inference",
     "class_representatives": "evaluation",
     "hierarchy_informed": "evaluation",
-    "retrieval": "evaluation",
+    "retrieval": "retrieval_metrics",
     "evaluate": "evaluation",
     "report": "evaluation",
+    # figures (matplotlib, the `plot` extra)
+    "plot_dendrograms": "plots",
+    "plot_distance_matrices": "plots",
+    "plot_hs_curves": "plots",
     # decoding and export
     "node_marginals": "decoding",
     "decode": "decoding",
     "export_saved_model": "export",
     # data
     "load_dataset": "data",
+    "load_arrays": "data",
+    "LoadedData": "data",
+    "get_backbone": "backbones",
 }
 
 _SUBMODULES = (
     "hierarchy", "hierarchies", "wordnet", "similarity", "ops", "losses", "layers",
-    "models", "metrics", "evaluation", "plots", "decoding", "export", "data", "backbones",
+    "models", "metrics", "evaluation", "inference", "retrieval_metrics", "plots", "decoding", "export", "data", "backbones",
 )
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)

@@ -28,7 +28,7 @@ def _check_shape(input_shape, name):
     return shape
 
 
-def small_cnn(input_shape, filters=(32, 64, 128, 256), dropout=0.0, name="small_cnn"):
+def small_cnn(input_shape, filters=(32, 64, 128, 256), dropout=0.0, bn_momentum=0.9, name="small_cnn"):
     """A small 4-layer CNN: (conv 3x3 -> BatchNorm -> ReLU -> max pool) x 4 -> GAP.
 
     The last block has no max pooling; global average pooling gives the
@@ -38,6 +38,9 @@ def small_cnn(input_shape, filters=(32, 64, 128, 256), dropout=0.0, name="small_
         input_shape: `(H, W, C)`.
         filters: channels of the conv layers.
         dropout: dropout rate after pooling (0: none).
+        bn_momentum: BatchNorm moving-average momentum. 0.9 (not Keras'
+            0.99) so that the inference statistics are usable after the few
+            hundred steps of a CPU-sized run.
         name: model name.
 
     Returns:
@@ -52,7 +55,7 @@ def small_cnn(input_shape, filters=(32, 64, 128, 256), dropout=0.0, name="small_
     x = inputs
     for i, f in enumerate(filters):
         x = layers.Conv2D(int(f), 3, padding="same", name=f"conv{i + 1}")(x)
-        x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, name=f"bn{i + 1}")(x)
         x = layers.ReLU(name=f"relu{i + 1}")(x)
         if i < len(filters) - 1 and min(x.shape[1] or 2, x.shape[2] or 2) >= 2:
             x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)

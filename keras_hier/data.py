@@ -261,7 +261,7 @@ def _offline_message(name, data_dir, manual_dir, builder):
         f"  - an image folder of nested class folders.")
 
 
-def _tfds_arrays(name, split, data_dir=None, manual_dir=None, timeout=3.0):
+def _tfds_arrays(name, split, data_dir=None, manual_dir=None, image_size=None, timeout=3.0):
     """Loads a tfds image classification set into memory, failing fast offline."""
     import tensorflow_datasets as tfds
 
@@ -294,6 +294,17 @@ def _tfds_arrays(name, split, data_dir=None, manual_dir=None, timeout=3.0):
     names = list(getattr(label_feature, "names", None) or [])
     tf_split = "train" if split == "train" else "test"
     ds = builder.as_dataset(split=tf_split, as_supervised=True, shuffle_files=False)
+    shape = getattr(builder.info.features[keys[0]], "shape", (None,))
+    if image_size is not None:
+        import tensorflow as tf
+
+        def resize(x, y):
+            x = tf.cast(tf.round(tf.image.resize(x, image_size)), tf.uint8)
+            return x, y
+
+        ds = ds.map(resize)
+    elif any(d is None for d in shape):
+        raise ValueError(f"tfds {name!r} has images of varying size {shape}; pass image_size=(H, W)")
     images, labels = [], []
     for x, y in tfds.as_numpy(ds.batch(4096)):
         images.append(x)
@@ -478,9 +489,11 @@ def split_indices(n, validation_split, seed):
 
 
 def _is_path(name):
+    """Local path (existing, a glob, a .npz, or written as a path) vs a tfds name
+    (which may contain "/" for configs and versions: "cifar10/3.0.2")."""
     s = str(name)
-    return isinstance(name, os.PathLike) or os.sep in s or any(c in s for c in "*?[") \
-        or os.path.exists(s) or s.endswith(".npz")
+    return (isinstance(name, os.PathLike) or os.path.exists(s) or any(c in s for c in "*?[")
+            or s.endswith(".npz") or s.startswith(("/", "./", "../", "~")))
 
 
 def load_dataset(name_or_path, split="train", hierarchy=None, batch_size=128,
@@ -504,7 +517,8 @@ def load_dataset(name_or_path, split="train", hierarchy=None, batch_size=128,
         data_dir: tfds data directory (default `TFDS_DATA_DIR`, then tfds').
         shuffle: shuffle every epoch (default: True for `split="train"`).
         image_dtype: `"float32"` in [0, 1] (default) or `"uint8"`.
-        image_size: `(H, W)` for image folders of mixed sizes.
+        image_size: `(H, W)` to resize to (image folders and tfds sets of
+            mixed sizes).
         manual_dir: directory holding a tfds dataset's original archives
             (e.g. `cifar-100-binary.tar.gz`), used to prepare it offline.
         max_examples: keep a seeded random subset of this many examples
@@ -541,7 +555,7 @@ def load_dataset(name_or_path, split="train", hierarchy=None, batch_size=128,
         key = None
     else:
         key = str(name_or_path)
-        images, labels, names = _tfds_arrays(key, split, data_dir, manual_dir)
+        images, labels, names = _tfds_arrays(key, split, data_dir, manual_dir, image_size)
         key = BUILTIN_HIERARCHIES.get(key, "")
     if hierarchy is None:
         hierarchy = folder_hierarchy

@@ -114,8 +114,7 @@ def _shifted(z):
 
 def _path_sums(values, labels, plan):
     """sum of `values` [B, C] under each node on every label's path: [B, depth]."""
-    sums_t = kh_ops.node_sums_transposed(ops.transpose(values), plan)
-    return kh_ops.gather_path_sums(sums_t, ops.take(plan.node_ids, labels, axis=0))
+    return kh_ops.path_sums(values, labels, plan)
 
 
 def _safe_log(sum_value, log_floor):

@@ -42,41 +42,89 @@ def l2_normalize(x, axis=-1, epsilon=EPSILON):
 class TreePlan:
     """NumPy index tables for summing over the nodes of a `Hierarchy`.
 
-    Built once per hierarchy (cached by `tree_plan`). Levels are nested
-    partitions of the classes, so level l's sums are segment sums of level
-    l + 1's sums: the whole pyramid costs O(B * num_node_ids), not
-    O(B * C * depth).
+    Built once per hierarchy (cached by `tree_plan`). A node with a single
+    child (a chain node, or a shallow leaf repeated on deeper levels) has the
+    same sum as that child, so only the classes and the M branching nodes
+    (two or more children) are summed. Every class is added to its nearest
+    branching ancestor by one segment sum over the class axis (no gather);
+    then, deepest first, each branching node adds the sums of its branching
+    children. O(B * (C + M)) work, M < C, whatever the depth.
 
     Attributes:
-        num_classes, depth, level_sizes, offsets (first node id of each level),
-        leaf_order (int32 [C]: class at each node of the deepest level),
-        parents (list: parents[l] = int32 [level_sizes[l]] node ids at level
-        l - 1; parents[0] is None), node_ids (int32 [C, depth]),
-        level_mask (bool [C, depth]).
+        num_classes, depth, level_sizes, num_node_ids, node_ids (int32
+        [C, depth]), level_mask (bool [C, depth]);
+        num_branching: M; leaf_segment: int32 [C], the index in 0..M - 1 of
+        each class's nearest branching ancestor (M: none but the root);
+        stages: per branching level (deepest first) `(start, stop, parts)`:
+        the stage's nodes are branching indices start..stop - 1, parts =
+        [(stage, rows, segments)]: rows of an earlier stage's table added to
+        the nodes `segments` of this one;
+        node_table, node_row: int32 [num_node_ids]: where each node's sum is
+        (table 0 = the classes, table k >= 1 = stage k - 1).
     """
 
     def __init__(self, hierarchy):
         depth = int(hierarchy.depth)
-        ancestors = [np.asarray(hierarchy.ancestors(level), dtype=np.int32) for level in range(depth)]
+        ancestors = [np.asarray(hierarchy.ancestors(level), dtype=np.int64) for level in range(depth)]
         self.num_classes = int(hierarchy.num_classes)
         self.depth = depth
         self.level_sizes = tuple(int(hierarchy.num_nodes(level)) for level in range(depth))
-        self.offsets = np.concatenate([[0], np.cumsum(self.level_sizes)[:-1]]).astype(np.int32)
+        offsets = np.concatenate([[0], np.cumsum(self.level_sizes)[:-1]]).astype(np.int64)
         self.num_node_ids = int(sum(self.level_sizes))
-        leaf = ancestors[-1]
-        if self.level_sizes[-1] != self.num_classes:
-            raise ValueError("the deepest level of the hierarchy must hold every class once")
-        self.leaf_order = np.empty(self.num_classes, dtype=np.int32)
-        self.leaf_order[leaf] = np.arange(self.num_classes, dtype=np.int32)
-        self.parents = [None]
-        for level in range(1, depth):
-            parent = np.zeros(self.level_sizes[level], dtype=np.int32)
-            parent[ancestors[level]] = ancestors[level - 1]
-            if not np.array_equal(parent[ancestors[level]], ancestors[level - 1]):
-                raise ValueError(f"level {level} of the hierarchy does not refine level {level - 1}")
-            self.parents.append(parent)
         self.node_ids = np.asarray(hierarchy.node_ids, dtype=np.int32)
         self.level_mask = np.asarray(hierarchy.level_mask, dtype=bool)
+        if self.level_sizes[-1] != self.num_classes:
+            raise ValueError("the deepest level of the hierarchy must hold every class once")
+        # representative (table, row) of every node, deepest level first
+        table = np.zeros(self.num_node_ids, dtype=np.int64)
+        row = np.zeros(self.num_node_ids, dtype=np.int64)
+        row[offsets[-1] + ancestors[-1]] = np.arange(self.num_classes)
+        leaf_parent = []  # (class rows, global branching index) pairs
+        raw_stages = []
+        num_branching = 0
+        for level in range(depth - 2, -1, -1):
+            size = self.level_sizes[level]
+            parent = np.zeros(self.level_sizes[level + 1], dtype=np.int64)
+            parent[ancestors[level + 1]] = ancestors[level]
+            if not np.array_equal(parent[ancestors[level + 1]], ancestors[level]):
+                raise ValueError(f"level {level + 1} of the hierarchy does not refine level {level}")
+            children = np.bincount(parent, minlength=size)
+            child_ids = offsets[level + 1] + np.arange(self.level_sizes[level + 1])
+            only_child = np.zeros(size, dtype=np.int64)
+            only_child[parent] = child_ids
+            chain = np.flatnonzero(children == 1)
+            table[offsets[level] + chain] = table[only_child[chain]]
+            row[offsets[level] + chain] = row[only_child[chain]]
+            branching = np.flatnonzero(children >= 2)
+            if not len(branching):
+                continue
+            position = np.full(size, -1, dtype=np.int64)
+            position[branching] = np.arange(len(branching))
+            into = position[parent]
+            use = into >= 0
+            from_leaves = use & (table[child_ids] == 0)
+            leaf_parent.append((row[child_ids[from_leaves]], num_branching + into[from_leaves]))
+            parts = []
+            for source in np.unique(table[child_ids[use]]):
+                if source == 0:
+                    continue
+                pick = use & (table[child_ids] == source)
+                parts.append((int(source) - 1, row[child_ids[pick]].astype(np.int32), into[pick].astype(np.int32)))
+            raw_stages.append((num_branching, num_branching + len(branching), parts))
+            num_branching += len(branching)
+            table[offsets[level] + branching] = len(raw_stages)
+            row[offsets[level] + branching] = np.arange(len(branching))
+        self.num_branching = num_branching
+        self.leaf_segment = np.full(self.num_classes, num_branching, dtype=np.int32)
+        for rows, segments in leaf_parent:
+            self.leaf_segment[rows] = segments
+        self.stages = raw_stages
+        self.node_table, self.node_row = table.astype(np.int32), row.astype(np.int32)
+        sizes = [self.num_classes] + [stop - start for start, stop, _ in self.stages]
+        table_offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.node_global_row = (table_offsets[table] + row).astype(np.int32)
+        self.path_table = self.node_table[self.node_ids]  # [C, depth]
+        self.path_row = self.node_row[self.node_ids]
 
 
 _PLANS = {}
@@ -98,6 +146,27 @@ def tree_plan(hierarchy):
     return plan
 
 
+def node_tables(values_t, hierarchy):
+    """Sums of `values_t` [C, ...] at the classes and every branching node.
+
+    Returns:
+        list of tensors: table 0 is `values_t`, table k >= 1 [M_k, ...] holds
+        the sums of the branching nodes of `plan.stages[k - 1]`.
+    """
+    plan = tree_plan(hierarchy)
+    tables = [values_t]
+    if not plan.num_branching:
+        return tables
+    direct = ops.segment_sum(values_t, plan.leaf_segment, num_segments=plan.num_branching + 1)
+    for start, stop, parts in plan.stages:
+        total = direct[start:stop]
+        for source, rows, segments in parts:
+            part = ops.take(tables[source + 1], rows, axis=0)
+            total = total + ops.segment_sum(part, segments, num_segments=stop - start)
+        tables.append(total)
+    return tables
+
+
 def node_sums_transposed(values_t, hierarchy):
     """`node_sums` on the transposed layout: [C, ...] -> [num_node_ids, ...].
 
@@ -110,13 +179,9 @@ def node_sums_transposed(values_t, hierarchy):
         classes under class c's ancestor at level l.
     """
     plan = tree_plan(hierarchy)
-    level = ops.take(values_t, plan.leaf_order, axis=0)
-    levels = [level]
-    for depth_index in range(plan.depth - 1, 0, -1):
-        level = ops.segment_sum(level, plan.parents[depth_index], num_segments=plan.level_sizes[depth_index - 1])
-        levels.append(level)
-    levels.reverse()
-    return levels[0] if len(levels) == 1 else ops.concatenate(levels, axis=0)
+    tables = node_tables(values_t, plan)
+    stacked = tables[0] if len(tables) == 1 else ops.concatenate(tables, axis=0)
+    return ops.take(stacked, plan.node_global_row, axis=0)
 
 
 def node_sums(values, hierarchy):
@@ -129,7 +194,8 @@ def node_sums(values, hierarchy):
     Returns:
         [B, hierarchy.num_node_ids] tensor; column `hierarchy.node_ids[c, l]`
         holds the sum of `values` over the classes under class c's ancestor at
-        level l. Summed bottom-up, O(B * num_node_ids); no [C, C] matrix.
+        level l. Summed bottom-up over the branching nodes only,
+        O(B * C); no [C, C] matrix.
 
     Example:
 
@@ -141,20 +207,31 @@ def node_sums(values, hierarchy):
     return ops.transpose(node_sums_transposed(ops.transpose(values), hierarchy))
 
 
-def gather_path_sums(sums_t, node_index):
-    """Picks, for every sample b, the rows `node_index[b, :]` of column b.
+def path_sums(values, labels, hierarchy):
+    """For every sample, the sums of `values` under each node on its label's path.
 
     Args:
-        sums_t: [N, B] tensor (output of `node_sums_transposed`).
-        node_index: int [B, K] node ids per sample.
+        values: [B, C] tensor.
+        labels: int [B] class ids.
+        hierarchy: a `Hierarchy` or its `TreePlan`.
 
     Returns:
-        [B, K] tensor `sums_t[node_index[b, k], b]`.
+        [B, depth] tensor: column l is the sum over the classes under
+        anc_l(label) (the label itself on levels below a shallow leaf).
+        Only the classes and the branching nodes are summed (O(B * C)).
     """
-    batch = ops.shape(sums_t)[1]
+    plan = tree_plan(hierarchy)
+    tables = node_tables(ops.transpose(values), plan)
+    batch = ops.shape(values)[0]
     columns = ops.expand_dims(ops.arange(batch, dtype="int32"), 1)
-    flat_index = ops.cast(node_index, "int32") * ops.cast(batch, "int32") + columns
-    return ops.take(ops.reshape(sums_t, (-1,)), flat_index)
+    table_of = ops.take(plan.path_table, labels, axis=0)  # [B, depth]
+    flat = ops.take(plan.path_row, labels, axis=0) * ops.cast(batch, "int32") + columns
+    out = None
+    for source, table in enumerate(tables):
+        picked = ops.take(ops.reshape(table, (-1,)), ops.where(table_of == source, flat, 0))
+        picked = ops.where(table_of == source, picked, ops.zeros_like(picked))
+        out = picked if out is None else out + picked
+    return out
 
 
 def node_logsumexp(logits, hierarchy):
@@ -245,6 +322,6 @@ def float32(x):
     return ops.cast(ops.convert_to_tensor(x), "float32")
 
 
-__all__ = ["l2_normalize", "node_sums", "node_sums_transposed", "node_logsumexp", "gather_path_sums",
+__all__ = ["l2_normalize", "node_sums", "node_sums_transposed", "node_tables", "path_sums", "node_logsumexp",
            "tree_plan", "TreePlan", "cosine_logits_matrix", "squared_distance", "normface_logits",
            "proxydr_logits", "float32", "EPSILON", "DISTANCES", "keras"]

@@ -334,6 +334,12 @@ def _parser():
     p.add_argument("--backbone-weights", dest="backbone_weights")
     p.add_argument("--head", choices=HEADS)
     p.add_argument("--loss", choices=LOSSES)
+    p.add_argument("--loss-beta", dest="loss_beta", type=float,
+                   help="SimLoss / soft labels: S = exp(-beta * t)")
+    p.add_argument("--loss-alpha", dest="loss_alpha", type=float,
+                   help="HXE: lambda = exp(-alpha * height)")
+    p.add_argument("--backbone-kwargs", dest="backbone_kwargs", type=json.loads,
+                   help='JSON dict for the backbone builder, e.g. \'{"filters": [16, 32, 64, 64]}\'')
     for flag in ("ema", "dynamic", "mds", "augment"):
         p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--epochs", type=int)

@@ -286,3 +286,42 @@ def test_reachable_is_bounded_in_time():
 def test_unknown_tfds_name():
     with pytest.raises(ValueError, match="no_such_dataset_xyz"):
         data.load_dataset("no_such_dataset_xyz")
+
+
+def test_prepared_tfds_dataset_is_read_offline(tmp_path):
+    """A tfds builder prepared in data_dir is read without any network access."""
+    import tensorflow_datasets as tfds
+
+    names = ["oak", "rose", "cat"]
+
+    class TinyHierImages(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self, supervised_keys=("image", "label"),
+                features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Image(shape=(4, 4, 3)),
+                    "label": tfds.features.ClassLabel(names=names)}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(12), "test": self._generate_examples(6)}
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                yield i, {"image": np.full((4, 4, 3), i, np.uint8), "label": i % 3}
+
+    TinyHierImages(data_dir=str(tmp_path)).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    h = Hierarchy.from_paths({"cat": "animal/cat", "oak": "plant/oak", "rose": "plant/rose"})
+    start = time.monotonic()
+    loaded = data.load_dataset("tiny_hier_images", "test", hierarchy=h, data_dir=str(tmp_path),
+                               shuffle=False, image_dtype="uint8")
+    assert time.monotonic() - start < 10.0
+    x = np.concatenate([b[0] for b in loaded.dataset])
+    y = np.concatenate([b[1] for b in loaded.dataset])
+    assert loaded.num_examples == 6 and loaded.input_shape == (4, 4, 3)
+    # the label of image i is names[i % 3], re-indexed to the hierarchy's order
+    np.testing.assert_array_equal(y, [h.classes.index(names[int(v) % 3]) for v in x[:, 0, 0, 0]])
+    with pytest.raises(ValueError, match="hierarchy"):
+        data.load_dataset("tiny_hier_images", "test", data_dir=str(tmp_path))

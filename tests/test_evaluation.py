@@ -213,3 +213,39 @@ def test_evaluate_and_report(tmp_path):
         assert os.path.getsize(tmp_path / "out" / name) > 1000
         assert f"({name})" in text
     assert not [f for f in os.listdir(tmp_path / "out") if f.startswith(".")]  # no temp files left
+
+
+@pytest.mark.parametrize("head", ["proxydr", "normface", "softmax"])
+def test_build_classifier_models(head):
+    import keras
+
+    from keras_hier import build_classifier
+
+    inputs = keras.Input((6,))
+    backbone = keras.Model(inputs, keras.layers.Dense(8, activation="relu")(inputs))
+    model = build_classifier(backbone, head=head, num_classes=8, embedding_dim=4)
+    x = np.random.default_rng(3).normal(size=(32, 6)).astype("float32")
+    y = np.arange(32) % 8
+    reps = class_representatives(model, (x, y))
+    layer = model.get_layer("head")
+    w = np.asarray(layer.proxies) if head != "softmax" else np.asarray(layer.kernel).T
+    np.testing.assert_allclose(reps["W"], w / np.linalg.norm(w, axis=1, keepdims=True), atol=1e-5)
+    results = evaluate(model, (x, y), tree(), ks=(1, 3), n_permutations=10)
+    logits = np.asarray(model.predict(x, verbose=0))
+    assert results["classification"]["ahd_at_k"] == pytest.approx(hierarchy_informed(y, logits, tree())["ahd_at_k"])
+
+
+def test_tf_data_input_matches_arrays():
+    import tensorflow as tf
+
+    h = tree()
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(48, 6)).astype("float32")
+    y = np.arange(48) % 8
+    model = _model(8)
+    a = evaluate(model, (x, y), h, ks=(1, 3), n_permutations=5, batch_size=20)
+    b = evaluate(model, tf.data.Dataset.from_tensor_slices((x, np.eye(8)[y])).batch(16), h, ks=(1, 3),
+                 n_permutations=5)
+    assert a["classification"] == b["classification"]
+    assert a["retrieval"]["map_at_r"] == pytest.approx(b["retrieval"]["map_at_r"])
+    assert a["inference"]["proto"]["spearman_pairwise"] == pytest.approx(b["inference"]["proto"]["spearman_pairwise"])

@@ -48,12 +48,12 @@ def test_node_sums_uniform_tree_and_parent_dominates_child():
         assert np.all(np.diff(chain) <= 1e-7)
 
 
-def test_gather_path_sums_picks_each_samples_column():
-    h = random_tree(3)
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_path_sums_pick_each_samples_path_nodes(seed):
+    h = random_tree(seed)
     values = np.random.default_rng(0).random((5, h.num_classes)).astype(np.float32)
     labels = np.array([0, 3, 5, 7, 11])
-    sums_t = kh_ops.node_sums_transposed(ops.transpose(values), h)
-    got = ops.convert_to_numpy(kh_ops.gather_path_sums(sums_t, h.node_ids[labels]))
+    got = ops.convert_to_numpy(kh_ops.path_sums(values, labels, h))
     ref = reference_node_sums(values, h)
     np.testing.assert_allclose(got, np.take_along_axis(ref, h.node_ids[labels], axis=1), rtol=1e-5)
 

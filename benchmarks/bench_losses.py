@@ -1,0 +1,165 @@
+"""Forward+backward time and peak memory: CE vs dense SimLoss vs tree-factorised
+SimLoss / HXE / soft labels, C = 100 .. 100 000 classes.
+
+Each (C, loss) runs in its own subprocess: it builds a random ragged tree
+(leaf depths 6-10) and float32 logits [256, C], then measures
+
+- time: median wall time of a `tf.function` computing the mean loss and its
+  gradient w.r.t. the logits (after two warm-up calls);
+- peak memory: the process's peak resident set size (`ru_maxrss`) minus the
+  resident size just before the loss object is built (so the dense S, its
+  distance matrices and the traced graph all count).
+
+Usage: .venv/bin/python benchmarks/bench_losses.py [--classes 100 1000 10000 100000] [--batch 256]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+LOSSES = ("ce", "simloss_dense", "simloss_tree", "hxe", "soft_labels")
+LABELS = {"ce": "cross-entropy (Keras)", "simloss_dense": "SimLoss dense S", "simloss_tree": "SimLoss factorised",
+          "hxe": "HXE factorised", "soft_labels": "soft labels factorised"}
+DENSE_LIMIT = 10_000  # the dense S of C = 100 000 needs 40 GB (float32) plus its int32 distance matrices
+
+
+def random_paths(num_classes, seed=0, min_depth=6, max_depth=10):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    # branching so that the deepest level has roughly C nodes
+    branching = max(2, int(round(num_classes ** (1.0 / (max_depth - 1)))) + 1)
+    paths = []
+    for c in range(num_classes):
+        depth = int(rng.integers(min_depth, max_depth + 1))
+        inner = rng.integers(0, branching, depth - 1)
+        paths.append(tuple(f"n{v}" for v in inner) + (f"class{c}",))
+    return paths
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def worker(num_classes, loss_name, batch, repeats):
+    import resource
+
+    import numpy as np
+    import keras
+    import tensorflow as tf
+
+    from keras_hier import Hierarchy
+    from keras_hier.losses import HierarchicalCrossEntropy, SimLoss, SoftLabelCrossEntropy
+
+    tree = Hierarchy(random_paths(num_classes))
+    rng = np.random.default_rng(1)
+    logits = tf.constant(rng.normal(size=(batch, num_classes)).astype(np.float32) * 3)
+    labels = tf.constant(rng.integers(0, num_classes, batch).astype(np.int32))
+    base = rss_mb()
+    if loss_name == "ce":
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    elif loss_name == "simloss_dense":
+        loss = SimLoss(tree.similarity_matrix("exp", beta=1.0))
+    elif loss_name == "simloss_tree":
+        loss = SimLoss.from_hierarchy(tree, beta=1.0)
+    elif loss_name == "hxe":
+        loss = HierarchicalCrossEntropy(tree, alpha=0.1)
+    else:
+        loss = SoftLabelCrossEntropy(tree, beta=1.0)
+
+    @tf.function
+    def step(z):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            value = loss(labels, z)
+        return value, tape.gradient(value, z)
+
+    for _ in range(2):
+        value, grad = step(logits)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value, grad = step(logits)
+        grad.numpy()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return dict(time_ms=1000 * float(np.median(times)), peak_mb=peak - base, loss=float(value),
+                finite=bool(np.all(np.isfinite(grad.numpy()))), depth=tree.depth, nodes=tree.num_node_ids)
+
+
+def run_one(num_classes, loss_name, batch, repeats):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    args = [sys.executable, os.path.abspath(__file__), "--worker", str(num_classes), loss_name,
+            "--batch", str(batch), "--repeats", str(repeats)]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1200,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if done.returncode != 0:
+        return dict(error=done.stderr.strip().splitlines()[-1][:120] if done.stderr.strip() else "failed")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--classes", type=int, nargs="+", default=[100, 1000, 10000, 100000])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.batch, args.repeats)))
+        return
+
+    from _report import machine_line, write_section
+
+    rows = []
+    for num_classes in args.classes:
+        results = {}
+        for name in LOSSES:
+            if name == "simloss_dense" and num_classes > DENSE_LIMIT:
+                gb = num_classes**2 * 4 / 1e9
+                results[name] = dict(skipped=f"not run: S alone needs {gb:.0f} GB")
+                continue
+            repeats = args.repeats if num_classes < 100_000 else max(3, args.repeats // 2)
+            results[name] = run_one(num_classes, name, args.batch, repeats)
+            print(num_classes, name, results[name], flush=True)
+        rows.append((num_classes, results))
+
+    lines = [
+        "## Losses: cross-entropy vs dense vs tree-factorised SimLoss / HXE / soft labels (`keras_hier.losses`)",
+        "",
+        f"Batch {args.batch}, float32 logits, random ragged trees (leaf depths 6-10), TensorFlow `tf.function` "
+        "computing the mean loss and its gradient w.r.t. the logits; median of repeated calls after warm-up. "
+        "Peak = peak resident set size (`ru_maxrss`) of a fresh process per configuration minus its size just "
+        "before the loss is built (includes the dense S and the distance matrices it is built from, and the traced "
+        "graph). Ratio = time / cross-entropy time.",
+        "",
+        "| C | depth / nodes | loss | fwd+bwd time | ratio to CE | peak memory | loss value |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for num_classes, results in rows:
+        ce_time = results["ce"].get("time_ms")
+        for name in LOSSES:
+            r = results[name]
+            if "skipped" in r or "error" in r:
+                lines.append(f"| {num_classes} | | {LABELS[name]} | {r.get('skipped') or r.get('error')} | | | |")
+                continue
+            ratio = f"{r['time_ms'] / ce_time:.2f}x" if ce_time else ""
+            lines.append(f"| {num_classes} | {r['depth']} / {r['nodes']} | {LABELS[name]} | {r['time_ms']:.2f} ms "
+                         f"| {ratio} | {r['peak_mb']:.0f} MiB | {r['loss']:.4f} |")
+    command = "`.venv/bin/python benchmarks/bench_losses.py " + " ".join(sys.argv[1:]) + "`"
+    lines += ["", f"Command: {command.replace(' `', '`')}", "", f"Machine: {machine_line()}"]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section("losses", text)
+
+
+if __name__ == "__main__":
+    main()

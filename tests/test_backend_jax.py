@@ -1,0 +1,117 @@
+"""The losses and heads also run (forward and gradient) on the JAX backend.
+
+Runs in a subprocess with KERAS_BACKEND=jax (the backend is fixed per process).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+
+SCRIPT = textwrap.dedent("""
+    import json
+    import numpy as np
+    import jax, jax.numpy as jnp
+    import keras
+    assert keras.backend.backend() == "jax"
+    from keras_hier import Hierarchy, build_classifier
+    from keras_hier.losses import SimLoss, HierarchicalCrossEntropy, SoftLabelCrossEntropy, CORRLoss
+    from keras_hier.layers import NormFaceHead, ProxyDRHead
+    from keras_hier.similarity import mds_proxies
+
+    tree = Hierarchy.from_paths(["a/b/x", "a/b/y", "a/c/z", "q", "d/e/f/w"])
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4, 5)).astype("float32") * 2
+    y = np.array([0, 2, 3, 4])
+    out = {}
+    losses = dict(simloss=SimLoss.from_hierarchy(tree), dense=SimLoss(tree.similarity_matrix()),
+                  hxe=HierarchicalCrossEntropy(tree, 0.4), soft=SoftLabelCrossEntropy(tree, 1.5),
+                  corr=CORRLoss())
+    for name, loss in losses.items():
+        value, grad = jax.value_and_grad(lambda v: loss(y, v))(jnp.asarray(z))
+        jitted = jax.jit(lambda v: loss(y, v))(jnp.asarray(z))
+        out[name] = dict(value=float(value), jit=float(jitted), grad=np.asarray(grad).tolist())
+    x = rng.normal(size=(4, 6)).astype("float32")
+    w = rng.normal(size=(5, 6)).astype("float32")
+    for name, cls in (("normface", NormFaceHead), ("proxydr", ProxyDRHead)):
+        head = cls(5, proxies=w, scale=5.0)
+        head.build((None, 6))
+        logits = np.asarray(head(x)).tolist()
+        grad = jax.grad(lambda v: jnp.sum(head(v) ** 2))(jnp.asarray(x))
+        out[name] = dict(logits=logits, grad=np.asarray(grad).tolist())
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu")])
+    model = build_classifier(backbone, "proxydr", num_classes=5, embedding_dim=4)
+    model.compile(optimizer="adam", loss=SimLoss.from_hierarchy(tree))
+    history = model.fit(rng.normal(size=(32, 6)).astype("float32"), rng.integers(0, 5, 32), epochs=2,
+                        batch_size=8, verbose=0)
+    out["fit_loss"] = history.history["loss"]
+    ema = build_classifier(backbone, "proxydr", num_classes=5, embedding_dim=4, proxy_mode="ema")
+    ema.compile(optimizer="adam", loss=SimLoss.from_hierarchy(tree))
+    try:
+        ema.fit(np.zeros((8, 6), "float32"), np.zeros(8, "int32"), verbose=0)
+        out["ema_error"] = None
+    except NotImplementedError as error:
+        out["ema_error"] = str(error)
+    proxies, stress = mds_proxies(tree, 8, steps=50, seed=0)
+    out["mds"] = dict(norms=np.linalg.norm(proxies, axis=1).tolist(), stress=stress)
+    print("RESULT" + json.dumps(out))
+""")
+
+TF_SCRIPT = SCRIPT.replace('assert keras.backend.backend() == "jax"', "")
+
+
+def run(script, backend):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+    if backend == "tensorflow":  # the same numbers from TensorFlow's autodiff
+        script = script.replace("import jax, jax.numpy as jnp", "import tensorflow as tf")
+        script = textwrap.dedent("""
+            import tensorflow as tf
+            class _J:
+                @staticmethod
+                def value_and_grad(f):
+                    def g(v):
+                        v = tf.constant(v)
+                        with tf.GradientTape() as t:
+                            t.watch(v)
+                            r = f(v)
+                        return r, t.gradient(r, v)
+                    return g
+                @staticmethod
+                def grad(f):
+                    return lambda v: _J.value_and_grad(f)(v)[1]
+                @staticmethod
+                def jit(f):
+                    return tf.function(f)
+            jax = _J
+            class jnp:
+                asarray = staticmethod(tf.constant)
+                sum = staticmethod(tf.reduce_sum)
+        """) + script.replace("import tensorflow as tf\\n", "")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.split("RESULT", 1)[1])
+
+
+def test_losses_heads_and_fit_agree_between_jax_and_tensorflow():
+    jax_out = run(SCRIPT, "jax")
+    tf_out = run(TF_SCRIPT, "tensorflow")
+    for name in ("simloss", "dense", "hxe", "soft", "corr"):
+        assert jax_out[name]["value"] == pytest.approx(tf_out[name]["value"], rel=1e-5), name
+        assert jax_out[name]["jit"] == pytest.approx(jax_out[name]["value"], rel=1e-5), name
+        np.testing.assert_allclose(jax_out[name]["grad"], tf_out[name]["grad"], atol=1e-5, err_msg=name)
+    for name in ("normface", "proxydr"):
+        np.testing.assert_allclose(jax_out[name]["logits"], tf_out[name]["logits"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(jax_out[name]["grad"], tf_out[name]["grad"], rtol=1e-4, atol=1e-4)
+    assert np.all(np.isfinite(jax_out["fit_loss"]))
+    assert "tensorflow and torch backends" in jax_out["ema_error"]
+    assert tf_out["ema_error"] is None
+    np.testing.assert_allclose(jax_out["mds"]["norms"], 1.0, rtol=1e-5)
+    assert np.isfinite(jax_out["mds"]["stress"])
