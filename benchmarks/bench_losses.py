@@ -4,8 +4,10 @@ SimLoss / HXE / soft labels, C = 100 .. 100 000 classes.
 Each (C, loss) runs in its own subprocess: it builds a random ragged tree
 (leaf depths 6-10) and float32 logits [256, C], then measures
 
-- time: median wall time of a `tf.function` computing the mean loss and its
-  gradient w.r.t. the logits (after two warm-up calls);
+- time: best of `--repeats` wall times (the `timeit` convention: the least
+  disturbed by other processes) of a `tf.function` computing the mean loss
+  and its gradient w.r.t. the logits, after two warm-up calls, with
+  `--threads` TensorFlow threads (default 1: steadier on a shared machine);
 - peak memory: the process's peak resident set size (`ru_maxrss`) minus the
   resident size just before the loss object is built (so the dense S, its
   distance matrices and the traced graph all count).
@@ -47,12 +49,16 @@ def rss_mb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def worker(num_classes, loss_name, batch, repeats):
+def worker(num_classes, loss_name, batch, repeats, threads):
     import resource
 
     import numpy as np
     import keras
     import tensorflow as tf
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
 
     from keras_hier import Hierarchy
     from keras_hier.losses import HierarchicalCrossEntropy, SimLoss, SoftLabelCrossEntropy
@@ -89,14 +95,14 @@ def worker(num_classes, loss_name, batch, repeats):
         grad.numpy()
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return dict(time_ms=1000 * float(np.median(times)), peak_mb=peak - base, loss=float(value),
+    return dict(time_ms=1000 * float(np.min(times)), median_ms=1000 * float(np.median(times)), peak_mb=peak - base, loss=float(value),
                 finite=bool(np.all(np.isfinite(grad.numpy()))), depth=tree.depth, nodes=tree.num_node_ids)
 
 
-def run_one(num_classes, loss_name, batch, repeats):
+def run_one(num_classes, loss_name, batch, repeats, threads):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     args = [sys.executable, os.path.abspath(__file__), "--worker", str(num_classes), loss_name,
-            "--batch", str(batch), "--repeats", str(repeats)]
+            "--batch", str(batch), "--repeats", str(repeats), "--threads", str(threads)]
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1200,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if done.returncode != 0:
@@ -109,11 +115,12 @@ def main():
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 1000, 10000, 100000])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra/inter-op threads (0: default)")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.batch, args.repeats)))
+        print(json.dumps(worker(int(args.worker[0]), args.worker[1], args.batch, args.repeats, args.threads)))
         return
 
     from _report import machine_line, write_section
@@ -127,7 +134,7 @@ def main():
                 results[name] = dict(skipped=f"not run: S alone needs {gb:.0f} GB")
                 continue
             repeats = args.repeats if num_classes < 100_000 else max(3, args.repeats // 2)
-            results[name] = run_one(num_classes, name, args.batch, repeats)
+            results[name] = run_one(num_classes, name, args.batch, repeats, args.threads)
             print(num_classes, name, results[name], flush=True)
         rows.append((num_classes, results))
 
@@ -135,7 +142,9 @@ def main():
         "## Losses: cross-entropy vs dense vs tree-factorised SimLoss / HXE / soft labels (`keras_hier.losses`)",
         "",
         f"Batch {args.batch}, float32 logits, random ragged trees (leaf depths 6-10), TensorFlow `tf.function` "
-        "computing the mean loss and its gradient w.r.t. the logits; median of repeated calls after warm-up. "
+        "computing the mean loss and its gradient w.r.t. the logits, "
+        f"{args.threads or 'default'} TensorFlow thread(s); time = best of {args.repeats} calls after warm-up "
+        "(median in brackets). "
         "Peak = peak resident set size (`ru_maxrss`) of a fresh process per configuration minus its size just "
         "before the loss is built (includes the dense S and the distance matrices it is built from, and the traced "
         "graph). Ratio = time / cross-entropy time.",
@@ -152,6 +161,7 @@ def main():
                 continue
             ratio = f"{r['time_ms'] / ce_time:.2f}x" if ce_time else ""
             lines.append(f"| {num_classes} | {r['depth']} / {r['nodes']} | {LABELS[name]} | {r['time_ms']:.2f} ms "
+                         f"({r['median_ms']:.2f}) "
                          f"| {ratio} | {r['peak_mb']:.0f} MiB | {r['loss']:.4f} |")
     command = "`.venv/bin/python benchmarks/bench_losses.py " + " ".join(sys.argv[1:]) + "`"
     lines += ["", f"Command: {command.replace(' `', '`')}", "", f"Machine: {machine_line()}"]

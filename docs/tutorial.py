@@ -12,9 +12,6 @@ import argparse
 import os
 import sys
 
-DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="Fashion-MNIST IDX folder (default: tfds, else Debian's copy)")
@@ -44,17 +41,9 @@ def main(argv=None):
     # --8<-- [end:hierarchy]
 
     # --8<-- [start:data]
-    source = args.data or "fashion_mnist"
-    try:
-        train = keras_hier.load_dataset(source, "train", hierarchy=hierarchy, batch_size=64,
-                                        validation_split=0.1, seed=0, max_examples=args.max_examples)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        if args.data is not None:
-            raise
-        print(f"tfds unavailable ({str(error).splitlines()[0]}); using {DEFAULT_DATA}")
-        source = DEFAULT_DATA
-        train = keras_hier.load_dataset(source, "train", hierarchy=hierarchy, batch_size=64,
-                                        validation_split=0.1, seed=0, max_examples=args.max_examples)
+    source = args.data or "fashion_mnist"  # offline, tfds' Fashion-MNIST falls back to Debian's IDX files
+    train = keras_hier.load_dataset(source, "train", hierarchy=hierarchy, batch_size=64,
+                                    validation_split=0.1, seed=0, max_examples=args.max_examples)
     test = keras_hier.load_dataset(source, "test", hierarchy=hierarchy, batch_size=256,
                                    max_examples=args.max_examples // 2)
     # --8<-- [end:data]

@@ -96,7 +96,10 @@ def _logits(y_pred, num_classes, from_logits, name):
 
 
 def _target_logit(z, labels):
-    return ops.squeeze(ops.take_along_axis(z, ops.expand_dims(labels, -1), axis=-1), -1)
+    """z[b, labels[b]] (a flat gather: cheaper than take_along_axis, also backwards)."""
+    num_classes = ops.shape(z)[-1]
+    flat = ops.arange(ops.shape(z)[0], dtype="int32") * ops.cast(num_classes, "int32") + ops.cast(labels, "int32")
+    return ops.take(ops.reshape(z, (-1,)), flat)
 
 
 def _check_hierarchy(hierarchy, name):
@@ -112,9 +115,9 @@ def _shifted(z):
     return z - shift
 
 
-def _path_sums(values, labels, plan):
+def _path_sums(values, labels, plan, label_values=None, with_total=False):
     """sum of `values` [B, C] under each node on every label's path: [B, depth]."""
-    return kh_ops.path_sums(values, labels, plan)
+    return kh_ops.path_sums(values, labels, plan, label_values, with_total)
 
 
 def _safe_log(sum_value, log_floor):
@@ -156,15 +159,19 @@ def tree_simloss(labels, logits, hierarchy, factors):
     plan = kh_ops.tree_plan(hierarchy)
     shifted = _shifted(kh_ops.float32(logits))
     e = ops.exp(shifted)
-    total = ops.sum(e, axis=-1)
-    scaled = e
-    if not np.all(factors.column_scale == 1.0):
-        scaled = e * factors.column_scale
+    target = _target_logit(shifted, labels)
+    label_value = ops.exp(target)
     weights = ops.take(factors.weights, labels, axis=0)  # [B, depth + 1]
-    path = _path_sums(scaled, labels, plan)
-    root = total if scaled is e else ops.sum(scaled, axis=-1)
+    if np.all(factors.column_scale == 1.0):
+        path, total = _path_sums(e, labels, plan, label_value, with_total=True)
+        root = total
+    else:
+        total = ops.sum(e, axis=-1)
+        scaled = e * factors.column_scale
+        scaled_label = label_value * ops.take(factors.column_scale, labels, axis=0)
+        path, root = _path_sums(scaled, labels, plan, scaled_label, with_total=True)
     numerator = weights[:, 0] * root + ops.sum(weights[:, 1:] * path, axis=-1)
-    return ops.log(total) - _safe_log(numerator, _target_logit(shifted, labels))
+    return ops.log(total) - _safe_log(numerator, target)
 
 
 def hierarchical_cross_entropy(labels, logits, hierarchy, level_weights):
@@ -184,9 +191,11 @@ def hierarchical_cross_entropy(labels, logits, hierarchy, level_weights):
     plan = kh_ops.tree_plan(hierarchy)
     shifted = _shifted(kh_ops.float32(logits))
     e = ops.exp(shifted)
-    floor = ops.expand_dims(_target_logit(shifted, labels), -1)
-    log_path = _safe_log(_path_sums(e, labels, plan), floor)  # [B, depth]
-    log_all = ops.concatenate([ops.log(ops.sum(e, axis=-1, keepdims=True)), log_path], axis=-1)
+    target = _target_logit(shifted, labels)
+    floor = ops.expand_dims(target, -1)
+    path, total = _path_sums(e, labels, plan, ops.exp(target), with_total=True)
+    log_path = _safe_log(path, floor)  # [B, depth]
+    log_all = ops.concatenate([ops.log(ops.expand_dims(total, -1)), log_path], axis=-1)
     conditional = log_all[:, 1:] - log_all[:, :-1]
     return -ops.sum(ops.take(level_weights, labels, axis=0) * conditional, axis=-1)
 
@@ -210,7 +219,7 @@ def soft_label_cross_entropy(labels, logits, hierarchy, factors, row_sums):
     if not np.all(factors.column_scale == 1.0):
         scaled = z * factors.column_scale
     weights = ops.take(factors.weights, labels, axis=0)
-    path = _path_sums(scaled, labels, plan)
+    path = _path_sums(scaled, labels, plan, _target_logit(scaled, labels))
     expected = weights[:, 0] * ops.sum(scaled, axis=-1) + ops.sum(weights[:, 1:] * path, axis=-1)
     return ops.logsumexp(z, axis=-1) - expected / ops.take(row_sums, labels, axis=0)
 

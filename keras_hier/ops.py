@@ -44,44 +44,45 @@ class TreePlan:
 
     Built once per hierarchy (cached by `tree_plan`). A node with a single
     child (a chain node, or a shallow leaf repeated on deeper levels) has the
-    same sum as that child, so only the classes and the M branching nodes
-    (two or more children) are summed. Every class is added to its nearest
-    branching ancestor by one segment sum over the class axis (no gather);
-    then, deepest first, each branching node adds the sums of its branching
-    children. O(B * (C + M)) work, M < C, whatever the depth.
+    same sum as that child, so only the classes and the M < C branching nodes
+    (two or more children) are summed. Two schedules give the same sums:
+
+    - `"cascade"` (large trees): every class is added to its nearest
+      branching ancestor by one segment sum over the class axis (no gather),
+      then, deepest first, each branching node adds its branching children
+      (`stages`: `(start, stop, parts)`, parts = `(stage, rows, segments)`):
+      O(B * (C + M)) work whatever the depth;
+    - `"flat"` (small trees, where the number of ops dominates): one gather
+      and one segment sum over the (class, branching ancestor) pairs.
 
     Attributes:
         num_classes, depth, level_sizes, num_node_ids, node_ids (int32
-        [C, depth]), level_mask (bool [C, depth]);
-        num_branching: M; leaf_segment: int32 [C], the index in 0..M - 1 of
-        each class's nearest branching ancestor (M: none but the root);
-        stages: per branching level (deepest first) `(start, stop, parts)`:
-        the stage's nodes are branching indices start..stop - 1, parts =
-        [(stage, rows, segments)]: rows of an earlier stage's table added to
-        the nodes `segments` of this one;
-        node_table, node_row: int32 [num_node_ids]: where each node's sum is
-        (table 0 = the classes, table k >= 1 = stage k - 1).
+        [C, depth]), level_mask (bool [C, depth]), num_branching (M),
+        schedule, node_branch (int32 [num_node_ids]: the branching node whose
+        sum a node has, or -1 when it is the sum of one class, then
+        node_class holds that class), path_branch (int32 [C, depth]).
     """
+
+    FLAT_PAIRS = 1500  # use the flat schedule up to this many (class, branching ancestor) pairs
 
     def __init__(self, hierarchy):
         depth = int(hierarchy.depth)
         ancestors = [np.asarray(hierarchy.ancestors(level), dtype=np.int64) for level in range(depth)]
-        self.num_classes = int(hierarchy.num_classes)
+        self.num_classes = num_classes = int(hierarchy.num_classes)
         self.depth = depth
         self.level_sizes = tuple(int(hierarchy.num_nodes(level)) for level in range(depth))
         offsets = np.concatenate([[0], np.cumsum(self.level_sizes)[:-1]]).astype(np.int64)
         self.num_node_ids = int(sum(self.level_sizes))
         self.node_ids = np.asarray(hierarchy.node_ids, dtype=np.int32)
         self.level_mask = np.asarray(hierarchy.level_mask, dtype=bool)
-        if self.level_sizes[-1] != self.num_classes:
+        if self.level_sizes[-1] != num_classes:
             raise ValueError("the deepest level of the hierarchy must hold every class once")
-        # representative (table, row) of every node, deepest level first
-        table = np.zeros(self.num_node_ids, dtype=np.int64)
-        row = np.zeros(self.num_node_ids, dtype=np.int64)
-        row[offsets[-1] + ancestors[-1]] = np.arange(self.num_classes)
-        leaf_parent = []  # (class rows, global branching index) pairs
-        raw_stages = []
-        num_branching = 0
+        # every node's sum: a branching node (branch >= 0) or a single class
+        branch = np.full(self.num_node_ids, -1, dtype=np.int64)
+        single = np.zeros(self.num_node_ids, dtype=np.int64)
+        single[offsets[-1] + ancestors[-1]] = np.arange(num_classes)
+        leaf_segment = np.full(num_classes, -1, dtype=np.int64)
+        stages, count = [], 0
         for level in range(depth - 2, -1, -1):
             size = self.level_sizes[level]
             parent = np.zeros(self.level_sizes[level + 1], dtype=np.int64)
@@ -93,38 +94,51 @@ class TreePlan:
             only_child = np.zeros(size, dtype=np.int64)
             only_child[parent] = child_ids
             chain = np.flatnonzero(children == 1)
-            table[offsets[level] + chain] = table[only_child[chain]]
-            row[offsets[level] + chain] = row[only_child[chain]]
-            branching = np.flatnonzero(children >= 2)
-            if not len(branching):
+            branch[offsets[level] + chain] = branch[only_child[chain]]
+            single[offsets[level] + chain] = single[only_child[chain]]
+            nodes = np.flatnonzero(children >= 2)
+            if not len(nodes):
                 continue
-            position = np.full(size, -1, dtype=np.int64)
-            position[branching] = np.arange(len(branching))
-            into = position[parent]
-            use = into >= 0
-            from_leaves = use & (table[child_ids] == 0)
-            leaf_parent.append((row[child_ids[from_leaves]], num_branching + into[from_leaves]))
+            index = np.full(size, -1, dtype=np.int64)
+            index[nodes] = count + np.arange(len(nodes))
+            into = index[parent]
+            from_class = (into >= 0) & (branch[child_ids] < 0)
+            leaf_segment[single[child_ids[from_class]]] = into[from_class]
+            from_branch = (into >= 0) & (branch[child_ids] >= 0)
+            child_branch = branch[child_ids[from_branch]]
+            child_stage = np.searchsorted([start for start, _, _ in stages], child_branch, side="right") - 1
             parts = []
-            for source in np.unique(table[child_ids[use]]):
-                if source == 0:
-                    continue
-                pick = use & (table[child_ids] == source)
-                parts.append((int(source) - 1, row[child_ids[pick]].astype(np.int32), into[pick].astype(np.int32)))
-            raw_stages.append((num_branching, num_branching + len(branching), parts))
-            num_branching += len(branching)
-            table[offsets[level] + branching] = len(raw_stages)
-            row[offsets[level] + branching] = np.arange(len(branching))
-        self.num_branching = num_branching
-        self.leaf_segment = np.full(self.num_classes, num_branching, dtype=np.int32)
-        for rows, segments in leaf_parent:
-            self.leaf_segment[rows] = segments
-        self.stages = raw_stages
-        self.node_table, self.node_row = table.astype(np.int32), row.astype(np.int32)
-        sizes = [self.num_classes] + [stop - start for start, stop, _ in self.stages]
-        table_offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        self.node_global_row = (table_offsets[table] + row).astype(np.int32)
-        self.path_table = self.node_table[self.node_ids]  # [C, depth]
-        self.path_row = self.node_row[self.node_ids]
+            for source in np.unique(child_stage):
+                pick = child_stage == source
+                parts.append((int(source), (child_branch[pick] - stages[source][0]).astype(np.int32),
+                              (into[from_branch][pick] - count).astype(np.int32)))
+            stages.append((count, count + len(nodes), parts))
+            branch[offsets[level] + nodes] = index[nodes]
+            count += len(nodes)
+        self.num_branching = count
+        # the root's children: branching nodes without a branching parent (+ direct segment `count`)
+        has_parent = np.zeros(count, dtype=bool)
+        for _, _, parts in stages:
+            for source, rows, _ in parts:
+                has_parent[stages[source][0] + rows] = True
+        self.top_branch = np.flatnonzero(~has_parent).astype(np.int32)
+        self.leaf_segment = np.where(leaf_segment < 0, count, leaf_segment).astype(np.int32)  # count: root only
+        self.stages = stages
+        self.node_branch = branch.astype(np.int32)
+        self.node_class = single.astype(np.int32)
+        self.path_branch = self.node_branch[self.node_ids]  # [C, depth]
+        # flat schedule: (class, branching ancestor) pairs
+        pair_class, pair_node = [], []
+        for level in range(depth):
+            b = self.path_branch[:, level]
+            keep = b >= 0
+            pair_class.append(np.flatnonzero(keep))
+            pair_node.append(b[keep])
+        # a chain node above a branching node shares its sum: count each pair once
+        pairs = np.unique(np.stack([np.concatenate(pair_node), np.concatenate(pair_class)], 1), axis=0)
+        self.pair_node = pairs[:, 0].astype(np.int32)
+        self.pair_class = pairs[:, 1].astype(np.int32)
+        self.schedule = "flat" if len(self.pair_class) <= self.FLAT_PAIRS else "cascade"
 
 
 _PLANS = {}
@@ -146,25 +160,33 @@ def tree_plan(hierarchy):
     return plan
 
 
-def node_tables(values_t, hierarchy):
-    """Sums of `values_t` [C, ...] at the classes and every branching node.
+def branching_sums(values_t, hierarchy, with_total=False):
+    """Sums of `values_t` [C, ...] under every branching node: [M, ...] (None if M = 0).
 
-    Returns:
-        list of tensors: table 0 is `values_t`, table k >= 1 [M_k, ...] holds
-        the sums of the branching nodes of `plan.stages[k - 1]`.
+    With `with_total`, returns (sums, total over all classes [...]); the total
+    comes from the tree (no extra pass over the classes).
     """
     plan = tree_plan(hierarchy)
-    tables = [values_t]
     if not plan.num_branching:
-        return tables
+        return (None, ops.sum(values_t, axis=0)) if with_total else None
+    if plan.schedule == "flat":
+        sums = ops.segment_sum(ops.take(values_t, plan.pair_class, axis=0), plan.pair_node,
+                               num_segments=plan.num_branching)
+        return (sums, ops.sum(values_t, axis=0)) if with_total else sums
     direct = ops.segment_sum(values_t, plan.leaf_segment, num_segments=plan.num_branching + 1)
-    for start, stop, parts in plan.stages:
-        total = direct[start:stop]
+    # one split (not a slice per stage: a slice's gradient pads to the full size)
+    bounds = [stop for _, stop, _ in plan.stages]  # the last piece is the root's direct segment
+    pieces = ops.split(direct, bounds, axis=0)
+    tables = []
+    for (start, stop, parts), total in zip(plan.stages, pieces):
         for source, rows, segments in parts:
-            part = ops.take(tables[source + 1], rows, axis=0)
-            total = total + ops.segment_sum(part, segments, num_segments=stop - start)
+            total = total + ops.segment_sum(ops.take(tables[source], rows, axis=0), segments,
+                                            num_segments=stop - start)
         tables.append(total)
-    return tables
+    sums = tables[0] if len(tables) == 1 else ops.concatenate(tables, axis=0)
+    if not with_total:
+        return sums
+    return sums, pieces[-1][0] + ops.sum(ops.take(sums, plan.top_branch, axis=0), axis=0)
 
 
 def node_sums_transposed(values_t, hierarchy):
@@ -179,9 +201,10 @@ def node_sums_transposed(values_t, hierarchy):
         classes under class c's ancestor at level l.
     """
     plan = tree_plan(hierarchy)
-    tables = node_tables(values_t, plan)
-    stacked = tables[0] if len(tables) == 1 else ops.concatenate(tables, axis=0)
-    return ops.take(stacked, plan.node_global_row, axis=0)
+    sums = branching_sums(values_t, plan)
+    stacked = values_t if sums is None else ops.concatenate([values_t, sums], axis=0)
+    rows = np.where(plan.node_branch >= 0, plan.num_classes + plan.node_branch, plan.node_class)
+    return ops.take(stacked, rows.astype(np.int32), axis=0)
 
 
 def node_sums(values, hierarchy):
@@ -194,8 +217,8 @@ def node_sums(values, hierarchy):
     Returns:
         [B, hierarchy.num_node_ids] tensor; column `hierarchy.node_ids[c, l]`
         holds the sum of `values` over the classes under class c's ancestor at
-        level l. Summed bottom-up over the branching nodes only,
-        O(B * C); no [C, C] matrix.
+        level l. Only the branching nodes are summed, O(B * C); no [C, C]
+        matrix.
 
     Example:
 
@@ -207,31 +230,40 @@ def node_sums(values, hierarchy):
     return ops.transpose(node_sums_transposed(ops.transpose(values), hierarchy))
 
 
-def path_sums(values, labels, hierarchy):
+def path_sums(values, labels, hierarchy, label_values=None, with_total=False):
     """For every sample, the sums of `values` under each node on its label's path.
 
     Args:
         values: [B, C] tensor.
         labels: int [B] class ids.
         hierarchy: a `Hierarchy` or its `TreePlan`.
+        label_values: optional [B] tensor `values[b, labels[b]]` when the
+            caller already has it (saves a gather and its gradient).
+        with_total: also return the sum over all classes [B].
 
     Returns:
         [B, depth] tensor: column l is the sum over the classes under
         anc_l(label) (the label itself on levels below a shallow leaf).
-        Only the classes and the branching nodes are summed (O(B * C)).
+        O(B * C) work (see `TreePlan`). With `with_total`: (sums, total).
     """
     plan = tree_plan(hierarchy)
-    tables = node_tables(ops.transpose(values), plan)
+    labels = ops.cast(labels, "int32")
     batch = ops.shape(values)[0]
-    columns = ops.expand_dims(ops.arange(batch, dtype="int32"), 1)
-    table_of = ops.take(plan.path_table, labels, axis=0)  # [B, depth]
-    flat = ops.take(plan.path_row, labels, axis=0) * ops.cast(batch, "int32") + columns
-    out = None
-    for source, table in enumerate(tables):
-        picked = ops.take(ops.reshape(table, (-1,)), ops.where(table_of == source, flat, 0))
-        picked = ops.where(table_of == source, picked, ops.zeros_like(picked))
-        out = picked if out is None else out + picked
-    return out
+    if label_values is None:
+        columns = ops.arange(batch, dtype="int32") * ops.cast(plan.num_classes, "int32")
+        label_values = ops.take(ops.reshape(values, (-1,)), columns + labels)
+    # on a label's path, a node that is not branching has the label's own value
+    node = ops.take(plan.path_branch, labels, axis=0)  # [B, depth]
+    hit = node >= 0
+    own = ops.expand_dims(label_values, -1)
+    sums, total = branching_sums(ops.transpose(values), plan, with_total=True)
+    if sums is None:
+        out = ops.where(hit, ops.zeros_like(own), own) + ops.zeros_like(ops.cast(node, own.dtype))
+    else:
+        flat = node * ops.cast(batch, "int32") + ops.expand_dims(ops.arange(batch, dtype="int32"), 1)
+        picked = ops.take(ops.reshape(sums, (-1,)), ops.where(hit, flat, 0))
+        out = ops.where(hit, picked, own)
+    return (out, total) if with_total else out
 
 
 def node_logsumexp(logits, hierarchy):
@@ -322,6 +354,6 @@ def float32(x):
     return ops.cast(ops.convert_to_tensor(x), "float32")
 
 
-__all__ = ["l2_normalize", "node_sums", "node_sums_transposed", "node_tables", "path_sums", "node_logsumexp",
+__all__ = ["l2_normalize", "node_sums", "node_sums_transposed", "branching_sums", "path_sums", "node_logsumexp",
            "tree_plan", "TreePlan", "cosine_logits_matrix", "squared_distance", "normface_logits",
            "proxydr_logits", "float32", "EPSILON", "DISTANCES", "keras"]

@@ -4,12 +4,21 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keras_hier import Hierarchy
 from keras_hier.losses import CORRLoss, HierarchicalCrossEntropy, SimLoss, SoftLabelCrossEntropy
 from keras_hier.similarity import ordinal_similarity, tree_factors, tree_similarity
+
+
+@pytest.fixture(params=["flat", "cascade"])
+def schedule(request, monkeypatch):
+    """Both summation schedules of `keras_hier.ops.TreePlan`."""
+    from keras_hier import ops as kh_ops
+
+    monkeypatch.setattr(kh_ops.TreePlan, "FLAT_PAIRS", 10**9 if request.param == "flat" else -1)
+    return request.param
 
 
 def random_tree(seed, num_classes=12, max_depth=5, branching=2):
@@ -113,10 +122,10 @@ def test_simloss_with_identity_equals_sparse_categorical_crossentropy():
                                keras.losses.sparse_categorical_crossentropy(y, z, from_logits=True), rtol=1e-6)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), beta=st.floats(0.1, 3.0),
        rule_distance=st.sampled_from([("exp", "path"), ("exp", "lca_height"), ("linear", "lca_height")]))
-def test_factorised_simloss_equals_dense_on_random_ragged_trees(seed, beta, rule_distance):
+def test_factorised_simloss_equals_dense_on_random_ragged_trees(seed, beta, rule_distance, schedule):
     rule, distance = rule_distance
     h = random_tree(seed)
     y, z = data(seed, h.num_classes)
@@ -160,7 +169,7 @@ def test_one_hot_and_column_targets_equal_integer_targets():
         assert float(loss(y[:, None].astype(np.float32), z)) == pytest.approx(expected, rel=1e-6)
 
 
-def test_extreme_logits_give_finite_losses_and_gradients():
+def test_extreme_logits_give_finite_losses_and_gradients(schedule):
     h = random_tree(6)
     z = np.zeros((2, h.num_classes), dtype=np.float32)
     z[:, 0], z[:, 1] = 3000.0, -3000.0
@@ -182,7 +191,7 @@ def test_from_logits_false_uses_probabilities():
 
 # ---------------------------------------------------------------- HXE
 @pytest.mark.parametrize("alpha", [0.0, 0.4, 1.5])
-def test_hxe_matches_path_enumeration_and_numeric_gradient(alpha):
+def test_hxe_matches_path_enumeration_and_numeric_gradient(alpha, schedule):
     h = random_tree(8, num_classes=10)
     y, z = data(8, h.num_classes, batch=5)
     loss = HierarchicalCrossEntropy(h, alpha, reduction="sum")
@@ -200,7 +209,7 @@ def test_hxe_with_alpha_zero_is_cross_entropy():
 
 # ---------------------------------------------------------- soft labels
 @pytest.mark.parametrize("distance", ["lca_height", "path"])
-def test_soft_labels_match_numpy(distance):
+def test_soft_labels_match_numpy(distance, schedule):
     h = random_tree(10)
     y, z = data(10, h.num_classes)
     beta = 1.3

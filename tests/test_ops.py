@@ -10,6 +10,13 @@ from keras_hier import Hierarchy
 from keras_hier import ops as kh_ops
 
 
+@pytest.fixture(params=["flat", "cascade"], autouse=True)
+def schedule(request, monkeypatch):
+    """Run every test with both summation schedules of `TreePlan`."""
+    monkeypatch.setattr(kh_ops.TreePlan, "FLAT_PAIRS", 10**9 if request.param == "flat" else -1)
+    return request.param
+
+
 def random_tree(seed, num_classes=12, max_depth=5, branching=2):
     """A ragged random tree: class c gets a random-length path of random node names."""
     rng = np.random.default_rng(seed)
