@@ -53,7 +53,9 @@ class TreePlan:
       (`stages`: `(start, stop, parts)`, parts = `(stage, rows, segments)`):
       O(B * (C + M)) work whatever the depth;
     - `"flat"` (small trees, where the number of ops dominates): one gather
-      and one segment sum over the (class, branching ancestor) pairs.
+      and one segment sum over the (class, branching ancestor) pairs;
+    - `"matmul"` (tiny trees, C * M <= `MATMUL_SIZE`): one product with the
+      [C, M] 0/1 matrix of those pairs (no transposes).
 
     Attributes:
         num_classes, depth, level_sizes, num_node_ids, node_ids (int32
@@ -63,7 +65,8 @@ class TreePlan:
         node_class holds that class), path_branch (int32 [C, depth]).
     """
 
-    FLAT_PAIRS = 1500  # use the flat schedule up to this many (class, branching ancestor) pairs
+    MATMUL_SIZE = 20_000  # C * M up to which a dense [C, M] membership matmul is used
+    FLAT_PAIRS = 1500  # then the flat schedule up to this many (class, branching ancestor) pairs
 
     def __init__(self, hierarchy):
         depth = int(hierarchy.depth)
@@ -138,7 +141,14 @@ class TreePlan:
         pairs = np.unique(np.stack([np.concatenate(pair_node), np.concatenate(pair_class)], 1), axis=0)
         self.pair_node = pairs[:, 0].astype(np.int32)
         self.pair_class = pairs[:, 1].astype(np.int32)
-        self.schedule = "flat" if len(self.pair_class) <= self.FLAT_PAIRS else "cascade"
+        if num_classes * count <= self.MATMUL_SIZE:
+            self.schedule = "matmul"
+            self.membership = np.zeros((num_classes, count), dtype=np.float32)
+            self.membership[self.pair_class, self.pair_node] = 1.0
+        elif len(self.pair_class) <= self.FLAT_PAIRS:
+            self.schedule = "flat"
+        else:
+            self.schedule = "cascade"
 
 
 _PLANS = {}
@@ -169,6 +179,9 @@ def branching_sums(values_t, hierarchy, with_total=False):
     plan = tree_plan(hierarchy)
     if not plan.num_branching:
         return (None, ops.sum(values_t, axis=0)) if with_total else None
+    if plan.schedule == "matmul":
+        sums = ops.matmul(ops.transpose(ops.cast(plan.membership, values_t.dtype)), values_t)
+        return (sums, ops.sum(values_t, axis=0)) if with_total else sums
     if plan.schedule == "flat":
         sums = ops.segment_sum(ops.take(values_t, plan.pair_class, axis=0), plan.pair_node,
                                num_segments=plan.num_branching)
@@ -256,6 +269,11 @@ def path_sums(values, labels, hierarchy, label_values=None, with_total=False):
     node = ops.take(plan.path_branch, labels, axis=0)  # [B, depth]
     hit = node >= 0
     own = ops.expand_dims(label_values, -1)
+    if plan.schedule == "matmul":  # batch-major, no transposes
+        sums = ops.matmul(values, ops.cast(plan.membership, values.dtype))  # [B, M]
+        flat = ops.expand_dims(ops.arange(batch, dtype="int32"), 1) * plan.num_branching + node
+        out = ops.where(hit, ops.take(ops.reshape(sums, (-1,)), ops.where(hit, flat, 0)), own)
+        return (out, ops.sum(values, axis=-1)) if with_total else out
     sums, total = branching_sums(ops.transpose(values), plan, with_total=True)
     if sums is None:
         out = ops.where(hit, ops.zeros_like(own), own) + ops.zeros_like(ops.cast(node, own.dtype))

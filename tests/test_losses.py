@@ -12,11 +12,12 @@ from keras_hier.losses import CORRLoss, HierarchicalCrossEntropy, SimLoss, SoftL
 from keras_hier.similarity import ordinal_similarity, tree_factors, tree_similarity
 
 
-@pytest.fixture(params=["flat", "cascade"])
+@pytest.fixture(params=["matmul", "flat", "cascade"])
 def schedule(request, monkeypatch):
-    """Both summation schedules of `keras_hier.ops.TreePlan`."""
+    """Every summation schedule of `keras_hier.ops.TreePlan`."""
     from keras_hier import ops as kh_ops
 
+    monkeypatch.setattr(kh_ops.TreePlan, "MATMUL_SIZE", 10**9 if request.param == "matmul" else -1)
     monkeypatch.setattr(kh_ops.TreePlan, "FLAT_PAIRS", 10**9 if request.param == "flat" else -1)
     return request.param
 

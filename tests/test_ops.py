@@ -10,9 +10,10 @@ from keras_hier import Hierarchy
 from keras_hier import ops as kh_ops
 
 
-@pytest.fixture(params=["flat", "cascade"], autouse=True)
+@pytest.fixture(params=["matmul", "flat", "cascade"], autouse=True)
 def schedule(request, monkeypatch):
-    """Run every test with both summation schedules of `TreePlan`."""
+    """Run every test with every summation schedule of `TreePlan`."""
+    monkeypatch.setattr(kh_ops.TreePlan, "MATMUL_SIZE", 10**9 if request.param == "matmul" else -1)
     monkeypatch.setattr(kh_ops.TreePlan, "FLAT_PAIRS", 10**9 if request.param == "flat" else -1)
     return request.param
 
