@@ -6,7 +6,7 @@ images. Every model is warmed up (tracing), then timed in interleaved rounds
 (model 1, model 2, ..., again) so that load from other processes hits all
 heads alike; a head's time is the median step time of its best round.
 
-Usage: .venv/bin/python benchmarks/bench_heads.py [--classes 1000] [--steps 20] [--rounds 3]
+Usage: .venv/bin/python benchmarks/bench_heads.py [--classes 1000] [--steps 20] [--rounds 5] [--threads 1]
 """
 
 import argparse
@@ -49,14 +49,19 @@ def main():
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--embedding-dim", type=int, default=128)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra/inter-op threads (0: default)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
     import numpy as np
     import keras
     import tensorflow as tf
+
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
     from _report import machine_line, write_section
     from keras_hier.backbones import small_cnn
@@ -98,7 +103,7 @@ def main():
         f"`small_cnn` backbone (32x32x3 inputs), {args.embedding_dim}-d embedding, C = {args.classes}, batch "
         f"{args.batch}, Adam, cross-entropy, `model.fit` on a cached `tf.data` pipeline; median step time of the "
         f"best of {args.rounds} interleaved rounds of {args.steps} steps (after a warm-up epoch), "
-        "TensorFlow's default threads. EMA / dynamic-scale rows include the after-step update of "
+        f"{args.threads or 'default'} TensorFlow thread(s) (steadier on a shared machine). EMA / dynamic-scale rows include the after-step update of "
         "`keras_hier.models.Classifier`.",
         "",
         "| head | step time | ratio to Dense |",

@@ -62,7 +62,7 @@ _EXPORTS = {
 
 _SUBMODULES = (
     "hierarchy", "hierarchies", "wordnet", "similarity", "ops", "losses", "layers",
-    "models", "metrics", "evaluation", "inference", "retrieval_metrics", "plots", "decoding", "export", "data", "backbones",
+    "models", "metrics", "evaluation", "inference", "retrieval_metrics", "plots", "decoding", "serving_graph", "export", "data", "backbones",
 )
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)

@@ -29,6 +29,7 @@ import tempfile
 import numpy as np
 
 from keras_hier import decoding
+from keras_hier.serving_graph import serving_decoder
 
 __all__ = ["export_saved_model", "output_names", "existing_versions", "SIGNATURE_DEFAULT", "SIGNATURE_BYTES"]
 
@@ -111,19 +112,13 @@ def _json_ready(value, where):
     except (TypeError, ValueError) as error:
         raise TypeError(f"{where} must be JSON-serialisable: {error}") from None
 
-
 def _make_module(model, hierarchy, *, decoder, cost, backoff_threshold, top_k, from_logits, image_size,
                  model_shape, model_dtype, input_dtype, pixel_scale):
     import tensorflow as tf
 
-    num_classes, depth = hierarchy.num_classes, hierarchy.depth
     channels = model_shape[-1]
-    class_names = tf.constant(list(hierarchy.classes), dtype=tf.string)
-    level_names = [tf.constant(hierarchy.level_names(level), dtype=tf.string) for level in range(depth)]
-    # prediction_node numbers nodes across levels (node_ids); the root goes last.
-    all_names = tf.constant([n for level in range(depth) for n in hierarchy.level_names(level)]
-                            + [decoding.ROOT_NAME], dtype=tf.string)
-    root_index = hierarchy.num_node_ids
+    decode = serving_decoder(hierarchy, decoder=decoder, cost=cost, backoff_threshold=backoff_threshold,
+                              top_k=top_k, from_logits=from_logits)
 
     def to_model_input(images):
         """Casts/scales serving inputs (uint8 pixels or floats) to the model's dtype."""
@@ -138,27 +133,9 @@ def _make_module(model, hierarchy, *, decoder, cost, backoff_threshold, top_k, f
         # message naming the input, before the model sees a wrong tensor.
         images = tf.ensure_shape(images, expected_shape, name="check_image_shape")
         logits = model(to_model_input(images), training=False)
-        logits = tf.cast(logits, tf.float32)
-        tf.debugging.assert_equal(tf.shape(logits)[-1], num_classes,
-                                  message=f"model output is not [batch, {num_classes}]")
-        out = decoding.decode(logits, hierarchy, decoder, from_logits=from_logits, cost=cost,
-                              backoff_threshold=backoff_threshold, top_k=top_k)
-        result = {"classes": tf.gather(class_names, out["class_ids"]),
-                  "class_ids": out["class_ids"], "scores": out["scores"]}
-        if top_k:
-            result.update(top_k_ids=out["top_k_ids"], top_k_scores=out["top_k_scores"],
-                          top_k_classes=tf.gather(class_names, out["top_k_ids"]))
-        for level in range(depth):
-            ids = out["level_ids"][:, level]
-            result[f"level_{level}_ids"] = ids
-            result[f"level_{level}_names"] = tf.gather(level_names[level], ids)
-            result[f"level_{level}_scores"] = out["level_scores"][:, level]
-        if backoff_threshold is not None:
-            node = out["prediction_node"]
-            result["prediction"] = tf.gather(all_names, tf.where(node < 0, root_index, node))
-            result["prediction_level"] = out["prediction_level"]
-            result["prediction_score"] = out["prediction_score"]
-        return result
+        if logits.shape.rank != 2 or logits.shape[-1] not in (None, hierarchy.num_classes):
+            raise ValueError(f"model output {logits.shape} is not [batch, {hierarchy.num_classes}]")
+        return decode(tf.ensure_shape(logits, [None, hierarchy.num_classes]))
 
     image_spec = tf.TensorSpec([None, *model_shape[1:]], dtype=input_dtype, name=IMAGES_INPUT)
 

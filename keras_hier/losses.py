@@ -219,9 +219,11 @@ def soft_label_cross_entropy(labels, logits, hierarchy, factors, row_sums):
     if not np.all(factors.column_scale == 1.0):
         scaled = z * factors.column_scale
     weights = ops.take(factors.weights, labels, axis=0)
-    path = _path_sums(scaled, labels, plan, _target_logit(scaled, labels))
-    expected = weights[:, 0] * ops.sum(scaled, axis=-1) + ops.sum(weights[:, 1:] * path, axis=-1)
-    return ops.logsumexp(z, axis=-1) - expected / ops.take(row_sums, labels, axis=0)
+    path, root = _path_sums(scaled, labels, plan, _target_logit(scaled, labels), with_total=True)
+    expected = weights[:, 0] * root + ops.sum(weights[:, 1:] * path, axis=-1)
+    shift = ops.stop_gradient(ops.max(z, axis=-1))
+    log_total = ops.log(ops.sum(ops.exp(z - ops.expand_dims(shift, -1)), axis=-1)) + shift
+    return log_total - expected / ops.take(row_sums, labels, axis=0)
 
 
 def corr_loss(labels, cosine_logits, scale=1.0):

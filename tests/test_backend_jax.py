@@ -1,6 +1,7 @@
 """The losses and heads also run (forward and gradient) on the JAX backend.
 
-Runs in a subprocess with KERAS_BACKEND=jax (the backend is fixed per process).
+Runs in a subprocess with KERAS_BACKEND=jax (the backend is fixed per process)
+and compares with the same script on TensorFlow. Needs `jax` (the `test` extra).
 """
 
 import json
@@ -11,8 +12,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
-pytest.importorskip("jax")
 
 SCRIPT = textwrap.dedent("""
     import json
@@ -33,12 +32,18 @@ SCRIPT = textwrap.dedent("""
     losses = dict(simloss=SimLoss.from_hierarchy(tree), dense=SimLoss(tree.similarity_matrix()),
                   hxe=HierarchicalCrossEntropy(tree, 0.4), soft=SoftLabelCrossEntropy(tree, 1.5),
                   corr=CORRLoss())
+    from keras_hier.ops import TreePlan
+    TreePlan.MATMUL_SIZE, TreePlan.FLAT_PAIRS = -1, -1  # the large-tree schedule on a fresh tree
+    cascade_tree = Hierarchy.from_dict(tree.to_dict())
+    losses["simloss_cascade"] = SimLoss.from_hierarchy(cascade_tree)
+    losses["hxe_cascade"] = HierarchicalCrossEntropy(cascade_tree, 0.4)
     for name, loss in losses.items():
         value, grad = jax.value_and_grad(lambda v: loss(y, v))(jnp.asarray(z))
         jitted = jax.jit(lambda v: loss(y, v))(jnp.asarray(z))
         out[name] = dict(value=float(value), jit=float(jitted), grad=np.asarray(grad).tolist())
     x = rng.normal(size=(4, 6)).astype("float32")
     w = rng.normal(size=(5, 6)).astype("float32")
+    assert abs(out["simloss_cascade"]["value"] - out["simloss"]["value"]) < 1e-5
     for name, cls in (("normface", NormFaceHead), ("proxydr", ProxyDRHead)):
         head = cls(5, proxies=w, scale=5.0)
         head.build((None, 6))
@@ -103,7 +108,7 @@ def run(script, backend):
 def test_losses_heads_and_fit_agree_between_jax_and_tensorflow():
     jax_out = run(SCRIPT, "jax")
     tf_out = run(TF_SCRIPT, "tensorflow")
-    for name in ("simloss", "dense", "hxe", "soft", "corr"):
+    for name in ("simloss", "dense", "hxe", "soft", "corr", "simloss_cascade", "hxe_cascade"):
         assert jax_out[name]["value"] == pytest.approx(tf_out[name]["value"], rel=1e-5), name
         assert jax_out[name]["jit"] == pytest.approx(jax_out[name]["value"], rel=1e-5), name
         np.testing.assert_allclose(jax_out[name]["grad"], tf_out[name]["grad"], atol=1e-5, err_msg=name)

@@ -16,6 +16,7 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from keras_hier import serving_graph
 from keras_hier import decoding, export
 from keras_hier.hierarchy import Hierarchy
 
@@ -344,3 +345,44 @@ def test_saved_model_cli_lists_signatures_and_dtypes(exported):
         for output in export.output_names(HIERARCHY, 3, 0.6):
             assert f"outputs['{output}'] tensor_info:" in block
         assert "Method name is: tensorflow/serving/predict" in block
+
+
+# ------------------------------------------- serving decoder, both regimes
+@settings(max_examples=25, deadline=None)
+@given(h=ragged_hierarchies(), decoder=st.sampled_from(decoding.DECODERS), threshold=st.floats(0.2, 0.95),
+       k=st.integers(1, 4), seed=st.integers(0, 1000), regime=st.sampled_from(["dense", "segment"]))
+def test_serving_decoder_equals_decode_in_both_regimes(h, decoder, threshold, k, seed, regime):
+    # dense: 0/1 membership matmuls + tf.math.top_k; segment: transposed segment sums + blocked top-k
+    forced = {"dense_limit": 1 << 40, "topk_min_classes": 1 << 40} if regime == "dense" else \
+        {"dense_limit": 0, "topk_min_classes": 1}
+    logits = (np.random.default_rng(seed).normal(size=(6, h.num_classes)) * 3).astype(np.float32)
+    fn = serving_graph.serving_decoder(h, decoder=decoder, cost="path", backoff_threshold=threshold, top_k=k,
+                                 from_logits=True, **forced)
+    served = {key: v.numpy() for key, v in tf.function(fn, autograph=False)(tf.constant(logits)).items()}
+    ref = {key: np.asarray(v) for key, v in
+           decoding.decode(logits, h, decoder, backoff_threshold=threshold, top_k=k).items()}
+    np.testing.assert_array_equal(served["class_ids"], ref["class_ids"])
+    np.testing.assert_array_equal(served["top_k_ids"], ref["top_k_ids"])
+    np.testing.assert_allclose(served["top_k_scores"], ref["top_k_scores"], rtol=1e-6)
+    np.testing.assert_allclose(served["scores"], ref["scores"], rtol=1e-6)
+    for level in range(h.depth):
+        np.testing.assert_array_equal(served[f"level_{level}_ids"], ref["level_ids"][:, level])
+        np.testing.assert_allclose(served[f"level_{level}_scores"], ref["level_scores"][:, level], rtol=1e-5,
+                                   atol=1e-7)
+        if level:  # exact, no tolerance
+            assert np.all(served[f"level_{level - 1}_scores"] >= served[f"level_{level}_scores"])
+    np.testing.assert_array_equal(served["prediction_level"], ref["prediction_level"])
+    np.testing.assert_allclose(served["prediction_score"], ref["prediction_score"], rtol=1e-5)
+    names = [decoding.ROOT_NAME if n < 0 else
+             [name for level in range(h.depth) for name in h.level_names(level)][n] for n in ref["prediction_node"]]
+    assert served["prediction"].astype(str).tolist() == names
+
+
+@pytest.mark.parametrize("width,k,block", [(10, 3, 4), (64, 5, 8), (1000, 5, 64), (7, 5, 2), (9, 5, 4)])
+def test_blocked_top_k_equals_top_k_with_ties(width, k, block):
+    rng = np.random.default_rng(width)
+    x = rng.integers(0, 4, size=(20, width)).astype(np.float32)  # many ties: lower index must come first
+    values, ids = serving_graph.blocked_top_k(tf.constant(x), k, block)
+    want_values, want_ids = tf.math.top_k(x, k)
+    np.testing.assert_array_equal(ids.numpy(), want_ids.numpy())
+    np.testing.assert_array_equal(values.numpy(), want_values.numpy())
