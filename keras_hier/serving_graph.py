@@ -10,6 +10,8 @@ random ragged trees, both node-sum methods included).
 
 import numpy as np
 
+from keras_hier import decoding
+
 __all__ = ["serving_decoder", "blocked_top_k"]
 
 _DENSE_LIMIT = 1 << 18  # membership-matrix entries up to which node sums are dense matmuls
