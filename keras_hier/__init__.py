@@ -23,6 +23,8 @@ _EXPORTS = {
     "similarity_from_scores": "similarity",
     "validate_similarity": "similarity",
     "mds_proxies": "similarity",
+    "tree_factors": "similarity",
+    "TreeFactors": "similarity",
     # losses
     "SimLoss": "losses",
     "HierarchicalCrossEntropy": "losses",
@@ -33,6 +35,7 @@ _EXPORTS = {
     "ProxyDRHead": "layers",
     "initial_dynamic_scale": "layers",
     "build_classifier": "models",
+    "Classifier": "models",
     # streaming metrics
     "MistakeSeverity": "metrics",
     "AverageHierarchicalDistanceAtK": "metrics",

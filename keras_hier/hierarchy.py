@@ -286,22 +286,35 @@ class Hierarchy:
         distance = d[:, None] + d[None, :] - 2 * self._lca_depth
         return _readonly(distance.astype(np.int32))
 
+    def ancestor_heights(self):
+        """int32 [C, depth + 1]: height of every class's ancestor at each level.
+
+        Column 0 is the root (height = tree depth), column l + 1 the level-l
+        ancestor; below a shallow leaf the leaf's own height 0 repeats. Height
+        = longest downward path from the node to a leaf (as in
+        `distance_matrix("lca_height")`).
+        """
+        return self._ancestor_heights
+
     @functools.cached_property
-    def _lca_height(self):
-        # height(node) = (deepest leaf under it) - depth(node); the root's
-        # height is the tree depth.
-        num_classes = self.num_classes
-        height = np.full((num_classes, num_classes), self._depth, dtype=np.int32)
-        lca = self._lca_depth
+    def _ancestor_heights(self):
+        heights = np.zeros((self.num_classes, self._depth + 1), dtype=np.int32)
+        heights[:, 0] = self._depth
         for level in range(self._depth):
             ids = self._ancestors[level]
             deepest = np.zeros(self._level_sizes[level], dtype=np.int32)
             np.maximum.at(deepest, ids, self._leaf_depths)
-            node_height = deepest[ids] - (level + 1)  # height of each class's ancestor
-            rows = lca == level + 1
-            height = np.where(rows, node_height[:, None], height)
+            heights[:, level + 1] = np.maximum(deepest[ids] - (level + 1), 0)
+        return _readonly(heights)
+
+    @functools.cached_property
+    def _lca_height(self):
+        # The LCA of a pair at depth k >= 1 is the level-(k-1) ancestor.
+        lca = self._lca_depth
+        rows = np.arange(self.num_classes)[:, None]
+        height = self._ancestor_heights[rows, lca]
         np.fill_diagonal(height, 0)
-        return _readonly(height)
+        return _readonly(height.astype(np.int32))
 
     def similarity_matrix(self, rule="exp", beta=1.0, distance="path"):
         """Class similarity S for `SimLoss` from the tree (float32 [C, C]).

@@ -27,7 +27,7 @@ from keras import ops
 
 from keras_hier import ops as kh_ops
 from keras_hier.hierarchy import Hierarchy
-from keras_hier.similarity import TREE_RULES, node_heights, tree_factors, validate_similarity
+from keras_hier.similarity import TREE_RULES, tree_factors, validate_similarity
 
 __all__ = ["SimLoss", "HierarchicalCrossEntropy", "SoftLabelCrossEntropy", "CORRLoss", "dense_simloss",
            "tree_simloss", "hierarchical_cross_entropy", "soft_label_cross_entropy", "corr_loss",
@@ -358,7 +358,7 @@ class HierarchicalCrossEntropy(_HierLoss):
         self.hierarchy = _check_hierarchy(hierarchy, "HierarchicalCrossEntropy")
         self.alpha = float(alpha)
         self.from_logits = bool(from_logits)
-        heights = node_heights(self.hierarchy)[:, 1:]
+        heights = self.hierarchy.ancestor_heights()[:, 1:].astype(np.float64)
         self.level_weights = np.where(self.hierarchy.level_mask, np.exp(-self.alpha * heights), 0.0)
         self.level_weights = self.level_weights.astype(np.float32)
         self._num_classes = self.hierarchy.num_classes

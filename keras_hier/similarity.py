@@ -230,26 +230,6 @@ class TreeFactors:
         return out
 
 
-def node_heights(hierarchy):
-    """float64 [C, depth + 1]: height of class y's ancestor at each level.
-
-    Column 0 is the root (height = tree depth), column l + 1 the level-l
-    ancestor; entries below a shallow leaf repeat the leaf's height 0. Height
-    = longest downward path to a leaf, as in `Hierarchy.distance_matrix(
-    "lca_height")`.
-    """
-    depth = hierarchy.depth
-    leaf_depths = np.asarray(hierarchy.leaf_depths)
-    heights = np.zeros((hierarchy.num_classes, depth + 1))
-    heights[:, 0] = depth
-    for level in range(depth):
-        ids = hierarchy.ancestors(level)
-        deepest = np.zeros(hierarchy.num_nodes(level), dtype=np.int64)
-        np.maximum.at(deepest, ids, leaf_depths)
-        heights[:, level + 1] = np.maximum(deepest[ids] - (level + 1), 0)
-    return heights
-
-
 def _min_lca_depth(hierarchy):
     """Depth of the shallowest node with two or more children (0 = root)."""
     previous = 1
@@ -322,7 +302,7 @@ def tree_factors(hierarchy, rule="exp", beta=1.0, distance="path"):
             t = np.broadcast_to(t_nodes, (num_classes, depth + 1))
             t_max = 0.0 if branch is None else 2.0 * (depth - branch)
         else:
-            t = node_heights(hierarchy)
+            t = hierarchy.ancestor_heights().astype(np.float64)
             t_max = 0.0 if branch is None else float(depth - branch)
         if callable(rule):
             g = np.asarray(rule(t), dtype=np.float64)
@@ -438,4 +418,4 @@ def _mds_step_function(stress, vectors, optimizer):
     raise NotImplementedError(f"mds_proxies does not support the {backend!r} backend")
 
 
-__all__ += ["TreeFactors", "tree_factors", "node_heights", "mds_target_distances", "mds_proxies"]
+__all__ += ["TreeFactors", "tree_factors", "mds_target_distances", "mds_proxies"]

@@ -118,6 +118,14 @@ def test_distance_properties_on_random_trees(paths):
     assert np.all(t[:, None, :] <= t[:, :, None] + t[None, :, :])
     height = h.distance_matrix("lca_height")
     np.testing.assert_array_equal(height, reference_lca_height(h.paths))
+    # ancestor heights: longest downward path from each ancestor to a leaf
+    heights = h.ancestor_heights()
+    for c, path in enumerate(h.paths):
+        for level in range(h.depth):
+            prefix = path[: level + 1] if len(path) > level else path
+            below = [len(p) for p in h.paths if p[: len(prefix)] == prefix]
+            assert heights[c, level + 1] == max(below) - len(prefix)
+    assert np.all(heights[:, 0] == h.depth)
     # lca height is an ultrametric
     assert np.all(height[:, None, :] <= np.maximum(height[:, :, None], height[None, :, :]))
     # the factorisation identity used by losses and decoders
