@@ -24,9 +24,10 @@ SECTIONS = [
     ("Losses", ["losses"]),
     ("Heads and models", ["layers", "models"]),
     ("Metrics (streaming)", ["metrics"]),
-    ("Evaluation", ["evaluation"]),
+    ("Evaluation", ["evaluation", "inference", "retrieval_metrics"]),
+    ("Figures", ["plots"]),
     ("Decoding and export", ["decoding", "export"]),
-    ("Data", ["data"]),
+    ("Data and backbones", ["data", "backbones"]),
 ]
 
 
@@ -65,6 +66,9 @@ def render():
              "checks that it is current and that every name listed here imports.",
              "Each entry's full docstring (Args / Returns / Example) is available with",
              "`help(keras_hier.NAME)`.", ""]
+    import keras_hier
+
+    exported = set(keras_hier._EXPORTS)
     by_module = public_names()
     for title, modules in SECTIONS:
         lines += [f"## {title}", ""]
@@ -72,7 +76,7 @@ def render():
             mod = importlib.import_module(f"keras_hier.{module}")
             for name in sorted(by_module.get(module, []), key=str.lower):
                 obj = getattr(mod, name)
-                qualified = f"keras_hier.{name}" if module not in EXTRA else f"keras_hier.{module}.{name}"
+                qualified = f"keras_hier.{name}" if name in exported else f"keras_hier.{module}.{name}"
                 lines += [f"### `{qualified}`", "", f"`{name}{_signature(obj)}`", "", _summary(obj), ""]
                 if inspect.isclass(obj):
                     for member_name, member in sorted(vars(obj).items()):
