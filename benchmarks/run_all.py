@@ -11,7 +11,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHMARKS = ["losses", "heads", "eval", "export", "decoders", "train"]
+BENCHMARKS = ["losses", "heads", "eval", "export", "decoders", "train", "resume"]
 
 
 def main(argv=None):

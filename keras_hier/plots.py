@@ -47,6 +47,14 @@ def save_figure(fig, path):
     return path
 
 
+def _check_representatives(representatives, hierarchy):
+    reps = np.asarray(representatives, dtype=np.float64)
+    c = hierarchy.num_classes
+    if reps.ndim != 2 or reps.shape[0] != c or not np.all(np.isfinite(reps)):
+        raise ValueError(f"representatives must be a finite [num_classes={c}, D] array, got {reps.shape}")
+    return reps
+
+
 def _group_colours(hierarchy):
     from matplotlib import colormaps
 
@@ -106,10 +114,8 @@ def plot_dendrograms(representatives, hierarchy, path=None, name="representative
     Returns:
         The matplotlib Figure.
     """
-    reps = np.asarray(representatives, dtype=np.float64)
+    reps = _check_representatives(representatives, hierarchy)
     c = hierarchy.num_classes
-    if reps.shape[0] != c or not np.all(np.isfinite(reps)):
-        raise ValueError(f"representatives must be a finite [num_classes={c}, D] array, got {reps.shape}")
     labelled = c <= _LABEL_LIMIT
     height = float(np.clip(0.14 * c, 5, 18)) if labelled else 14.0
     font = float(np.clip(900.0 / max(c, 1) / 1.3, 4.5, 9)) if labelled else 0
@@ -163,10 +169,8 @@ def plot_distance_matrices(representatives, hierarchy, path=None, name="represen
     Returns:
         The matplotlib Figure.
     """
-    reps = np.asarray(representatives, dtype=np.float64)
+    reps = _check_representatives(representatives, hierarchy)
     c = hierarchy.num_classes
-    if reps.shape[0] != c or not np.all(np.isfinite(reps)):
-        raise ValueError(f"representatives must be a finite [num_classes={c}, D] array, got {reps.shape}")
     order = _tree_order(hierarchy)
     d = chordal_distances(reps)[np.ix_(order, order)]
     t = np.asarray(hierarchy.distance_matrix(distance), dtype=np.float64)[np.ix_(order, order)]

@@ -7,26 +7,11 @@ from hypothesis import strategies as st
 from keras import ops
 
 from keras_hier import Hierarchy
+from conftest import random_tree
 from keras_hier import ops as kh_ops
 
 
-@pytest.fixture(params=["matmul", "flat", "cascade"], autouse=True)
-def schedule(request, monkeypatch):
-    """Run every test with every summation schedule of `TreePlan`."""
-    monkeypatch.setattr(kh_ops.TreePlan, "MATMUL_SIZE", 10**9 if request.param == "matmul" else -1)
-    monkeypatch.setattr(kh_ops.TreePlan, "FLAT_PAIRS", 10**9 if request.param == "flat" else -1)
-    return request.param
-
-
-def random_tree(seed, num_classes=12, max_depth=5, branching=2):
-    """A ragged random tree: class c gets a random-length path of random node names."""
-    rng = np.random.default_rng(seed)
-    paths = []
-    for c in range(num_classes):
-        depth = int(rng.integers(1, max_depth + 1))
-        inner = [f"n{rng.integers(0, branching)}" for _ in range(depth - 1)]
-        paths.append("/".join(inner + [f"class{c}"]))
-    return Hierarchy.from_paths(paths)
+pytestmark = pytest.mark.usefixtures("schedule")
 
 
 def reference_node_sums(values, h):
