@@ -236,6 +236,39 @@ def _callbacks(out, monitor):
     return callbacks
 
 
+def finished_epochs(out):
+    """Number of finished epochs recorded in the run's backup (0 for a new run)."""
+    path = os.path.join(out, "backup", "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f).get("epoch", 0))
+
+
+def epoch_stream(dataset, finished=0):
+    """One endless stream of epochs whose order survives a kill.
+
+    `tf.data`'s seeded `shuffle(reshuffle_each_iteration=True)` draws epoch
+    e's order from its e-th iterator, and `fit` may create more than one
+    iterator per epoch, so a resumed process would not continue the killed
+    run's sequence. Here the epochs are `dataset.repeat()` read through one
+    iterator (`fit(steps_per_epoch=...)`), and a resumed run skips the
+    `finished` epochs it already trained on. Skipping runs the pipeline (the
+    shuffle and the augmentation layers' random state advance exactly as
+    they did), without training.
+
+    Returns:
+        `(stream, steps_per_epoch)`.
+    """
+    steps = int(dataset.cardinality())
+    if steps <= 0:
+        raise ValueError("the training dataset must be finite with a known number of batches")
+    stream = dataset.repeat()
+    if finished:
+        stream = stream.skip(finished * steps)
+    return stream, steps
+
+
 # --------------------------------------------------------------------------- the job
 def run_evaluation(model, test, train_plain, hierarchy, config, out):
     """`keras_hier.evaluate` on the test split + `report` into out/report."""
@@ -287,7 +320,11 @@ def train(config, out, callbacks=()):
           f"({train_data.num_examples} train / {train_data.num_validation} val / "
           f"{test_data.num_examples} test, {hierarchy.num_classes} classes), policy {policy}, "
           f"{strategy.num_replicas_in_sync} replica(s), run dir {out}", flush=True)
-    history = model.fit(train_data.dataset, validation_data=train_data.validation,
+    finished = finished_epochs(out)
+    if finished:
+        print(f"[keras_hier] resuming after epoch {finished} from {os.path.join(out, 'backup')}", flush=True)
+    stream, steps = epoch_stream(train_data.dataset, finished)
+    history = model.fit(stream, steps_per_epoch=steps, validation_data=train_data.validation,
                         epochs=int(config["epochs"]), verbose=int(verbose), shuffle=False,
                         callbacks=_callbacks(out, monitor) + list(callbacks))
     train_seconds = time.time() - start

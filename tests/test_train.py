@@ -197,3 +197,46 @@ def test_main_reports_bad_data_cleanly(tmp_path, capsys):
                         str(tmp_path / "r"), "--epochs", "1"])
     assert code == 2
     assert "missing.npz" in capsys.readouterr().err
+
+
+def test_resumed_fit_sees_the_same_batches(tmp_path):
+    """A run resumed after epoch 1 trains on the batches the uninterrupted run saw."""
+    import json
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_hier.data import make_pipeline
+    from recipes.train import epoch_stream, finished_epochs
+
+    images = np.arange(12, dtype=np.uint8).reshape(12, 1, 1, 1)
+    labels = np.arange(12) % 2
+    seen = []
+
+    def record(x, y):
+        def log(v):
+            seen.append(v.numpy().ravel().tolist())
+            return v
+        return tf.reshape(tf.py_function(log, [x], tf.uint8), [-1, 1, 1, 1]), y
+
+    def model():
+        m = keras.Sequential([keras.Input((1, 1, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+        m.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return m
+
+    def pipeline():
+        return make_pipeline(images, labels, batch_size=4, shuffle=True, seed=3, image_dtype="uint8").map(record)
+
+    stream, steps = epoch_stream(pipeline())
+    model().fit(stream, steps_per_epoch=steps, epochs=3, verbose=0)
+    full = [b for b in seen]
+    assert len(full) >= 9 and full[:3] != full[6:9]
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": 1, "batch": 0}))
+    assert finished_epochs(str(tmp_path)) == 1 and finished_epochs(str(tmp_path / "new")) == 0
+    seen.clear()
+    stream, steps = epoch_stream(pipeline(), finished=1)
+    model().fit(stream, steps_per_epoch=steps, initial_epoch=1, epochs=3, verbose=0)
+    trained = seen[steps:]  # the skipped epoch's batches are read first, then epochs 2 and 3
+    assert trained[:2 * steps] == full[steps:3 * steps]
