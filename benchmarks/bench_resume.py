@@ -4,9 +4,8 @@
 
 Runs `recipes.train` (small CNN, ProxyDR, Fashion-MNIST: tfds or Debian's IDX
 files) three times with the same seed: twice uninterrupted (the spread of two
-identical runs is the noise floor: TensorFlow's CPU kernels are not bitwise
-deterministic) and once SIGKILLed in the middle of epoch 2 and restarted
-with the same command. Writes the `resume` section of BENCHMARKS.md.
+identical runs is the noise floor) and once SIGKILLed in the middle of epoch 2 and
+restarted with the same command. Writes the `resume` section of BENCHMARKS.md.
 """
 
 import argparse
@@ -86,8 +85,10 @@ def main():
              f"Small CNN + ProxyDR on Fashion-MNIST ({args.max_examples} training images, {args.epochs} epochs, "
              f"seed 0). The third run was SIGKILLed {kill_delay:.0f} s into epoch 2 "
              f"(after {killed_after} finished epoch(s)) and restarted with the same command; it resumed from "
-             "the last per-epoch backup. Two uninterrupted runs with the same seed give the noise floor "
-             "(TensorFlow's CPU kernels are not bitwise deterministic).", "",
+             "the last per-epoch backup. Two uninterrupted runs with the same seed give the noise floor. "
+             "The resumed run skips the epochs it had finished (the data pipeline's shuffle and augmentation "
+             "state advance as before, see `recipes.train.epoch_stream`), so it trains on the same batches "
+             "from the same restored weights and optimizer state.", "",
              "| measure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in keys:
         lines.append(f"| {key} | " + " | ".join(f"{results[n][key]:.4f}" if isinstance(results[n][key], float)
