@@ -64,7 +64,7 @@ _EXPORTS = {
 }
 
 _SUBMODULES = (
-    "hierarchy", "hierarchies", "wordnet", "similarity", "ops", "losses", "layers",
+    "hierarchy", "hierarchy_io", "hierarchies", "wordnet", "similarity", "ops", "losses", "layers",
     "models", "metrics", "evaluation", "inference", "retrieval_metrics", "plots", "decoding", "serving_graph", "export", "data", "backbones",
 )
 

@@ -16,14 +16,14 @@ also has sub-classes) becomes a leaf child of the internal node of the same
 name, one level deeper, so that every class is a leaf.
 """
 
-import csv
 import functools
-import io
 import json
 import os
 import warnings
 
 import numpy as np
+
+from keras_hier.hierarchy_io import atomic_write, csv_text, newick, read_csv_table, scan_class_folders, split_path
 
 __all__ = ["Hierarchy"]
 
@@ -31,25 +31,6 @@ __all__ = ["Hierarchy"]
 def _readonly(array):
     array.setflags(write=False)
     return array
-
-
-def _split_path(path, separator, where):
-    if isinstance(path, str):
-        parts = [part.strip() for part in path.split(separator)]
-        # Leading/trailing separators ("/data/a/b/") give empty end pieces.
-        while parts and parts[0] == "":
-            parts.pop(0)
-        while parts and parts[-1] == "":
-            parts.pop()
-    elif isinstance(path, (list, tuple)):
-        parts = [str(part).strip() for part in path]
-    else:
-        raise TypeError(f"{where}: a path must be a string or a list of names, got {type(path).__name__}")
-    if not parts:
-        raise ValueError(f"{where}: empty path")
-    if any(part == "" for part in parts):
-        raise ValueError(f"{where}: path {path!r} has an empty node name")
-    return tuple(parts)
 
 
 class Hierarchy:
@@ -355,7 +336,7 @@ class Hierarchy:
                 raise ValueError("a Hierarchy needs at least one class; got an empty mapping")
             classes, split = [], []
             for name, path in paths.items():
-                parts = _split_path(path, separator, f"class {name!r}")
+                parts = split_path(path, separator, f"class {name!r}")
                 if parts[-1] != str(name):
                     parts = parts + (str(name),)
                 classes.append(str(name))
@@ -363,7 +344,7 @@ class Hierarchy:
             return cls(split, classes)
         if isinstance(paths, (str, bytes)):
             raise TypeError("paths must be a mapping or a list of paths, not a single string")
-        split = [_split_path(path, separator, f"class id {index}") for index, path in enumerate(paths)]
+        split = [split_path(path, separator, f"class id {index}") for index, path in enumerate(paths)]
         return cls(split)
 
     @classmethod
@@ -390,56 +371,10 @@ class Hierarchy:
         Returns:
             A `Hierarchy`.
         """
-        path = os.fspath(path)
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            text = f.read()
-        reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-        columns = reader.fieldnames or []
-        for needed in (class_column, path_column):
-            if needed not in columns:
-                raise ValueError(f"{path}: no column {needed!r}; columns are {columns}")
-        has_ids = id_column is not None and id_column in columns
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            name = (row.get(class_column) or "").strip()
-            node_path = (row.get(path_column) or "").strip()
-            where = f"{path}, line {line}"
-            if not name:
-                raise ValueError(f"{where}: empty class name")
-            if strip_prefix:
-                if not node_path.startswith(strip_prefix):
-                    raise ValueError(f"{where}: path {node_path!r} does not start with {strip_prefix!r}")
-                node_path = node_path[len(strip_prefix):]
-            parts = _split_path(node_path, path_separator, f"{where} (class {name!r})")
-            if parts[-1] != name:
-                parts = parts + (name,)
-            class_id = None
-            if has_ids:
-                raw = (row.get(id_column) or "").strip()
-                try:
-                    class_id = int(raw)
-                except ValueError:
-                    raise ValueError(f"{where}: class {name!r} has a non-integer id {raw!r}") from None
-            rows.append((class_id, name, parts, where))
-        if not rows:
-            raise ValueError(f"{path}: no classes in the file")
-        if has_ids:
-            by_id = {}
-            for class_id, name, _, where in rows:
-                if class_id in by_id:
-                    raise ValueError(f"{where}: class {name!r} repeats id {class_id} of class {by_id[class_id]!r}")
-                by_id[class_id] = name
-            missing = sorted(set(range(len(rows))) - set(by_id))
-            if missing:
-                raise ValueError(f"{path}: class ids must be 0..{len(rows) - 1}; id {missing[0]} is missing "
-                                 f"(found ids {sorted(by_id)[:3]}...{sorted(by_id)[-1]})")
-            rows.sort(key=lambda row: row[0])
-        seen = {}
-        for _, name, _, where in rows:
-            if name in seen:
-                raise ValueError(f"{where}: duplicate class name {name!r} (first at {seen[name]})")
-            seen[name] = where
-        return cls([row[2] for row in rows], [row[1] for row in rows])
+        paths, classes = read_csv_table(path, class_column=class_column, path_column=path_column,
+                                        id_column=id_column, delimiter=delimiter,
+                                        path_separator=path_separator, strip_prefix=strip_prefix)
+        return cls(paths, classes)
 
     @classmethod
     def from_parents(cls, parents, classes):
@@ -498,21 +433,7 @@ class Hierarchy:
             A `Hierarchy`.
         """
         root = os.fspath(root)
-        if not os.path.isdir(root):
-            raise ValueError(f"{root}: not a directory")
-        relative_paths = []
-        for folder, dirs, files in os.walk(root):
-            if not include_hidden:
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                files = [f for f in files if not f.startswith(".")]
-            dirs.sort()
-            if files and os.path.abspath(folder) != os.path.abspath(root):
-                relative_paths.append(tuple(os.path.relpath(folder, root).split(os.sep)))
-        if not relative_paths:
-            raise ValueError(f"{root}: no class folders (no sub-folder holds files)")
-        relative_paths.sort()
-        basenames = [parts[-1] for parts in relative_paths]
-        names = [parts[-1] if basenames.count(parts[-1]) == 1 else "/".join(parts) for parts in relative_paths]
+        relative_paths, names = scan_class_folders(root, include_hidden=include_hidden)
         hierarchy = cls(relative_paths, names)
         hierarchy.class_folders = tuple(os.path.join(root, *parts) for parts in relative_paths)
         return hierarchy
@@ -588,7 +509,7 @@ class Hierarchy:
         """JSON text of `to_dict()`; also written atomically to `path` if given."""
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
-            _atomic_write(path, text)
+            atomic_write(path, text)
         return text
 
     @classmethod
@@ -602,44 +523,15 @@ class Hierarchy:
 
     def to_csv(self, path=None, separator="/"):
         """Writes `Class,Path,Number` (readable by `from_csv`); returns the text."""
-        for name, node_path in zip(self._classes, self._paths):
-            bad = [node for node in node_path[:-1] + (name,) if separator in node]
-            if bad:
-                raise ValueError(f"class {name!r}: node name {bad[0]!r} contains the path separator "
-                                 f"{separator!r}; pass another separator")
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["Class", "Path", "Number"])
-        for index, (name, node_path) in enumerate(zip(self._classes, self._paths)):
-            writer.writerow([name, separator.join(node_path[:-1] + (name,)), index])
-        text = buffer.getvalue()
+        text = csv_text(self._classes, self._paths, separator)
         if path is not None:
-            _atomic_write(path, text)
+            atomic_write(path, text)
         return text
 
     def to_newick(self):
         """The tree in Newick format (names quoted where needed)."""
 
-        def quote(name):
-            if any(ch in name for ch in " ,;:()[]'\t"):
-                return "'" + name.replace("'", "''") + "'"
-            return name
-
-        children = {}
-        for path in self._paths:
-            for k in range(len(path)):
-                children.setdefault(path[:k], [])
-                if path[: k + 1] not in children[path[:k]]:
-                    children[path[:k]].append(path[: k + 1])
-
-        def render(node):
-            kids = children.get(node, [])
-            if not kids:
-                return quote(node[-1])
-            inner = ",".join(render(kid) for kid in kids)
-            return f"({inner})" + (quote(node[-1]) if node else "")
-
-        return render(()) + ";"
+        return newick(self._paths)
 
     # ----------------------------------------------------------------- misc
     def summary(self):
@@ -680,12 +572,3 @@ def _collapse_chains(paths):
     while len(collapsed) > 1 and all(len(p) > 1 and p[0] == collapsed[0][0] for p in collapsed):
         collapsed = [p[1:] for p in collapsed]
     return collapsed
-
-
-def _atomic_write(path, text):
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -1,0 +1,159 @@
+"""Reading and writing hierarchy files: CSV tables, class folders, Newick.
+
+The `Hierarchy` constructors and writers delegate here; this module only
+turns files into `(paths, class names)` and back, with errors that name the
+file, line and class.
+"""
+
+import csv
+import io
+import os
+
+__all__ = ["split_path", "read_csv_table", "scan_class_folders", "csv_text", "newick", "atomic_write"]
+
+
+def split_path(path, separator, where):
+    """A path string (`"a/b/c"`, leading/trailing separators ignored) or list -> tuple of names.
+
+    `where` names the culprit in error messages (file, line, class).
+    """
+    if isinstance(path, str):
+        parts = [part.strip() for part in path.split(separator)]
+        # Leading/trailing separators ("/data/a/b/") give empty end pieces.
+        while parts and parts[0] == "":
+            parts.pop(0)
+        while parts and parts[-1] == "":
+            parts.pop()
+    elif isinstance(path, (list, tuple)):
+        parts = [str(part).strip() for part in path]
+    else:
+        raise TypeError(f"{where}: a path must be a string or a list of names, got {type(path).__name__}")
+    if not parts:
+        raise ValueError(f"{where}: empty path")
+    if any(part == "" for part in parts):
+        raise ValueError(f"{where}: path {path!r} has an empty node name")
+    return tuple(parts)
+
+
+def read_csv_table(path, class_column="Class", path_column="Path", id_column="Number", delimiter=",",
+                   path_separator="/", strip_prefix=None):
+    """`(paths, classes)` in class-id order from a hierarchy table (see `Hierarchy.from_csv`)."""
+    path = os.fspath(path)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        text = f.read()
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    columns = reader.fieldnames or []
+    for needed in (class_column, path_column):
+        if needed not in columns:
+            raise ValueError(f"{path}: no column {needed!r}; columns are {columns}")
+    has_ids = id_column is not None and id_column in columns
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        name = (row.get(class_column) or "").strip()
+        node_path = (row.get(path_column) or "").strip()
+        where = f"{path}, line {line}"
+        if not name:
+            raise ValueError(f"{where}: empty class name")
+        if strip_prefix:
+            if not node_path.startswith(strip_prefix):
+                raise ValueError(f"{where}: path {node_path!r} does not start with {strip_prefix!r}")
+            node_path = node_path[len(strip_prefix):]
+        parts = split_path(node_path, path_separator, f"{where} (class {name!r})")
+        if parts[-1] != name:
+            parts = parts + (name,)
+        class_id = None
+        if has_ids:
+            raw = (row.get(id_column) or "").strip()
+            try:
+                class_id = int(raw)
+            except ValueError:
+                raise ValueError(f"{where}: class {name!r} has a non-integer id {raw!r}") from None
+        rows.append((class_id, name, parts, where))
+    if not rows:
+        raise ValueError(f"{path}: no classes in the file")
+    if has_ids:
+        by_id = {}
+        for class_id, name, _, where in rows:
+            if class_id in by_id:
+                raise ValueError(f"{where}: class {name!r} repeats id {class_id} of class {by_id[class_id]!r}")
+            by_id[class_id] = name
+        missing = sorted(set(range(len(rows))) - set(by_id))
+        if missing:
+            raise ValueError(f"{path}: class ids must be 0..{len(rows) - 1}; id {missing[0]} is missing "
+                             f"(found ids {sorted(by_id)[:3]}...{sorted(by_id)[-1]})")
+        rows.sort(key=lambda row: row[0])
+    seen = {}
+    for _, name, _, where in rows:
+        if name in seen:
+            raise ValueError(f"{where}: duplicate class name {name!r} (first at {seen[name]})")
+        seen[name] = where
+    return [row[2] for row in rows], [row[1] for row in rows]
+
+
+def scan_class_folders(root, include_hidden=False):
+    """`(relative paths, class names)` of the folders under `root` that hold files."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise ValueError(f"{root}: not a directory")
+    relative_paths = []
+    for folder, dirs, files in os.walk(root):
+        if not include_hidden:
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            files = [f for f in files if not f.startswith(".")]
+        dirs.sort()
+        if files and os.path.abspath(folder) != os.path.abspath(root):
+            relative_paths.append(tuple(os.path.relpath(folder, root).split(os.sep)))
+    if not relative_paths:
+        raise ValueError(f"{root}: no class folders (no sub-folder holds files)")
+    relative_paths.sort()
+    basenames = [parts[-1] for parts in relative_paths]
+    names = [parts[-1] if basenames.count(parts[-1]) == 1 else "/".join(parts) for parts in relative_paths]
+    return relative_paths, names
+
+
+def csv_text(classes, paths, separator="/"):
+    """`Class,Path,Number` text for `classes` and their node `paths`."""
+    for name, node_path in zip(classes, paths):
+        bad = [node for node in node_path[:-1] + (name,) if separator in node]
+        if bad:
+            raise ValueError(f"class {name!r}: node name {bad[0]!r} contains the path separator "
+                             f"{separator!r}; pass another separator")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["Class", "Path", "Number"])
+    for index, (name, node_path) in enumerate(zip(classes, paths)):
+        writer.writerow([name, separator.join(node_path[:-1] + (name,)), index])
+    return buffer.getvalue()
+
+
+def newick(paths):
+    """The tree of node `paths` in Newick format (names quoted where needed)."""
+    def quote(name):
+        if any(ch in name for ch in " ,;:()[]'\t"):
+            return "'" + name.replace("'", "''") + "'"
+        return name
+
+    children = {}
+    for path in paths:
+        for k in range(len(path)):
+            children.setdefault(path[:k], [])
+            if path[: k + 1] not in children[path[:k]]:
+                children[path[:k]].append(path[: k + 1])
+
+    def render(node):
+        kids = children.get(node, [])
+        if not kids:
+            return quote(node[-1])
+        inner = ",".join(render(kid) for kid in kids)
+        return f"({inner})" + (quote(node[-1]) if node else "")
+
+    return render(()) + ";"
+
+
+def atomic_write(path, text):
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
