@@ -37,7 +37,7 @@ fashion-mnist:
 	    || echo "warning: could not install dataset-fashion-mnist"; fi
 
 test: $(STAMP) wordnet
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --doctest-modules keras_hier
 
 demo: $(STAMP) wordnet fashion-mnist
 	$(PY) -m recipes.demo

@@ -63,7 +63,10 @@ def load_arrays(source, split="train", image_size=None):
         `list[str]` indexed by label.
 
     Example:
-        >>> images, labels, names = load_arrays("cifar10_jpeg/", "test")  # doctest: +SKIP
+
+    ```python
+    images, labels, names = load_arrays("cifar10_jpeg/", "test")
+    ```
     """
     _check_split(split)
     src = str(source)
@@ -535,9 +538,12 @@ def load_dataset(name_or_path, split="train", hierarchy=None, batch_size=128,
         ValueError: unknown sources, class names missing from the hierarchy.
 
     Example:
-        >>> data = load_dataset("/usr/share/datasets/fashion-mnist", "train",
-        ...                     validation_split=0.1, batch_size=64)  # doctest: +SKIP
-        >>> model.fit(data.dataset, validation_data=data.validation)  # doctest: +SKIP
+
+    ```python
+    data = load_dataset("/usr/share/datasets/fashion-mnist", "train",
+                        validation_split=0.1, batch_size=64)
+    model.fit(data.dataset, validation_data=data.validation)
+    ```
     """
     _check_split(split)
     if batch_size is None or int(batch_size) < 1:
