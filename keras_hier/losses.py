@@ -102,6 +102,36 @@ def _target_logit(z, labels):
     return ops.take(ops.reshape(z, (-1,)), flat)
 
 
+def _with_target(z, labels):
+    """(z, z[b, labels[b]]), the target's gradient added without a pass over zeros.
+
+    A gather's gradient is a dense [B, C] scatter into zeros, then one more
+    addition over [B, C] (60-100 ms of a ~450 ms factorised loss step at
+    C = 100 000). On TensorFlow a custom gradient instead adds the B target
+    gradients into the upstream gradient of `z` (`tensor_scatter_nd_add`: at
+    most one copy); other backends use the plain gather.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return z, _target_logit(z, labels)
+    import tensorflow as tf
+
+    index = ops.stack([ops.arange(ops.shape(z)[0], dtype="int32"), ops.cast(labels, "int32")], axis=1)
+    flat = index[:, 0] * ops.cast(ops.shape(z)[-1], "int32") + index[:, 1]
+
+    @ops.custom_gradient
+    def pick(x):
+        def grad(upstream_x, upstream_target):
+            if upstream_x is None:
+                upstream_x = ops.zeros_like(x)
+            if upstream_target is None:
+                return upstream_x
+            return tf.tensor_scatter_nd_add(upstream_x, index, upstream_target)
+
+        return (x, ops.take(ops.reshape(x, (-1,)), flat)), grad
+
+    return pick(z)
+
+
 def _check_hierarchy(hierarchy, name):
     if isinstance(hierarchy, dict):
         return Hierarchy.from_dict(hierarchy)
@@ -157,9 +187,8 @@ def tree_simloss(labels, logits, hierarchy, factors):
         in O(B * nodes) time and memory.
     """
     plan = kh_ops.tree_plan(hierarchy)
-    shifted = _shifted(kh_ops.float32(logits))
+    shifted, target = _with_target(_shifted(kh_ops.float32(logits)), labels)
     e = ops.exp(shifted)
-    target = _target_logit(shifted, labels)
     label_value = ops.exp(target)
     weights = ops.take(factors.weights, labels, axis=0)  # [B, depth + 1]
     if np.all(factors.column_scale == 1.0):
@@ -189,9 +218,8 @@ def hierarchical_cross_entropy(labels, logits, hierarchy, level_weights):
         float32 [B].
     """
     plan = kh_ops.tree_plan(hierarchy)
-    shifted = _shifted(kh_ops.float32(logits))
+    shifted, target = _with_target(_shifted(kh_ops.float32(logits)), labels)
     e = ops.exp(shifted)
-    target = _target_logit(shifted, labels)
     floor = ops.expand_dims(target, -1)
     path, total = _path_sums(e, labels, plan, ops.exp(target), with_total=True)
     log_path = _safe_log(path, floor)  # [B, depth]
@@ -219,7 +247,8 @@ def soft_label_cross_entropy(labels, logits, hierarchy, factors, row_sums):
     if not np.all(factors.column_scale == 1.0):
         scaled = z * factors.column_scale
     weights = ops.take(factors.weights, labels, axis=0)
-    path, root = _path_sums(scaled, labels, plan, _target_logit(scaled, labels), with_total=True)
+    scaled, scaled_target = _with_target(scaled, labels)
+    path, root = _path_sums(scaled, labels, plan, scaled_target, with_total=True)
     expected = weights[:, 0] * root + ops.sum(weights[:, 1:] * path, axis=-1)
     shift = ops.stop_gradient(ops.max(z, axis=-1))
     log_total = ops.log(ops.sum(ops.exp(z - ops.expand_dims(shift, -1)), axis=-1)) + shift

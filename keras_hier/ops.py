@@ -48,7 +48,8 @@ class TreePlan:
     (two or more children) are summed. Two schedules give the same sums:
 
     - `"cascade"` (large trees): every class is added to its nearest
-      branching ancestor by one segment sum over the class axis (no gather),
+      branching ancestor by one segment sum over the class axis (on
+      TensorFlow a sorted one over the classes in `class_order`),
       then, deepest first, each branching node adds its branching children
       (`stages`: `(start, stop, parts)`, parts = `(stage, rows, segments)`):
       O(B * (C + M)) work whatever the depth;
@@ -62,7 +63,11 @@ class TreePlan:
         [C, depth]), level_mask (bool [C, depth]), num_branching (M),
         schedule, node_branch (int32 [num_node_ids]: the branching node whose
         sum a node has, or -1 when it is the sum of one class, then
-        node_class holds that class), path_branch (int32 [C, depth]).
+        node_class holds that class), path_branch (int32 [C, depth]),
+        leaf_segment (int32 [C]: nearest branching ancestor, M if none),
+        class_order / sorted_segment (the classes sorted by leaf_segment),
+        direct_rows (last leaf_segment + 1), root_direct (some class has no
+        branching ancestor).
     """
 
     MATMUL_SIZE = 20_000  # C * M up to which a dense [C, M] membership matmul is used
@@ -126,6 +131,12 @@ class TreePlan:
                 has_parent[stages[source][0] + rows] = True
         self.top_branch = np.flatnonzero(~has_parent).astype(np.int32)
         self.leaf_segment = np.where(leaf_segment < 0, count, leaf_segment).astype(np.int32)  # count: root only
+        # the same segment sum over classes in segment order (sorted segment ids are faster)
+        self.class_order = np.argsort(self.leaf_segment, kind="stable").astype(np.int32)
+        self.sorted_segment = self.leaf_segment[self.class_order]
+        # rows of the direct sums: the last branching nodes (shallowest) often have no class child
+        self.direct_rows = int(self.sorted_segment[-1]) + 1 if num_classes else 0
+        self.root_direct = self.direct_rows == count + 1  # some classes have no branching ancestor
         self.stages = stages
         self.node_branch = branch.astype(np.int32)
         self.node_class = single.astype(np.int32)
@@ -186,20 +197,51 @@ def branching_sums(values_t, hierarchy, with_total=False):
         sums = ops.segment_sum(ops.take(values_t, plan.pair_class, axis=0), plan.pair_node,
                                num_segments=plan.num_branching)
         return (sums, ops.sum(values_t, axis=0)) if with_total else sums
-    direct = ops.segment_sum(values_t, plan.leaf_segment, num_segments=plan.num_branching + 1)
+    direct = _direct_sums(values_t, plan)  # [direct_rows, ...]
     # one split (not a slice per stage: a slice's gradient pads to the full size)
-    bounds = [stop for _, stop, _ in plan.stages]  # the last piece is the root's direct segment
-    pieces = ops.split(direct, bounds, axis=0)
+    bounds = [stop for _, stop, _ in plan.stages if stop < plan.direct_rows]
+    pieces = ops.split(direct, bounds, axis=0) if bounds else [direct]  # last: the root's segment, if any
     tables = []
-    for (start, stop, parts), total in zip(plan.stages, pieces):
+    for index, (start, stop, parts) in enumerate(plan.stages):
+        total = None
+        if start < plan.direct_rows:  # the stage's direct sums (zero-padded if partial)
+            total = pieces[index]
+            if plan.direct_rows < stop:
+                total = ops.pad(total, [[0, stop - plan.direct_rows]] + [[0, 0]] * (len(values_t.shape) - 1))
         for source, rows, segments in parts:
-            total = total + ops.segment_sum(ops.take(tables[source], rows, axis=0), segments,
-                                            num_segments=stop - start)
+            part = ops.segment_sum(ops.take(tables[source], rows, axis=0), segments, num_segments=stop - start)
+            total = part if total is None else total + part
         tables.append(total)
     sums = tables[0] if len(tables) == 1 else ops.concatenate(tables, axis=0)
     if not with_total:
         return sums
-    return sums, pieces[-1][0] + ops.sum(ops.take(sums, plan.top_branch, axis=0), axis=0)
+    total = ops.sum(ops.take(sums, plan.top_branch, axis=0), axis=0)
+    return sums, (pieces[-1][0] + total) if plan.root_direct else total
+
+
+def _direct_sums(values_t, plan):
+    """Sums of the class rows of `values_t` [C, ...] into their nearest branching
+    ancestor: [direct_rows, ...] (row M, if present: the classes with none).
+
+    On TensorFlow the rows are put in segment order and summed with a sorted
+    segment sum (about 1.5x faster than the unsorted one at C = 100 000), with
+    a custom gradient: one gather, as for the unsorted sum (the gather's own
+    gradient would be a scatter).
+    """
+    if keras.backend.backend() != "tensorflow":
+        return ops.segment_sum(values_t, plan.leaf_segment, num_segments=plan.direct_rows)
+
+    @ops.custom_gradient
+    def direct(x):
+        def grad(upstream):
+            return ops.take(upstream, plan.leaf_segment, axis=0)
+
+        ordered = ops.take(x, plan.class_order, axis=0)
+        sums = ops.segment_sum(ordered, plan.sorted_segment, sorted=True)
+        # the sorted sum's row count is dynamic (last id + 1): state it (a reshape, no copy)
+        return ops.reshape(sums, [plan.direct_rows] + [-1 if d is None else d for d in x.shape[1:]]), grad
+
+    return direct(values_t)
 
 
 def node_sums_transposed(values_t, hierarchy):

@@ -65,6 +65,37 @@ def test_node_logsumexp_is_stable():
     assert np.all(np.isfinite(got[:, : h.num_nodes(0)]) | ~finite[:, : h.num_nodes(0)])
 
 
+@pytest.mark.parametrize("paths", [
+    # the shallowest branching nodes have no class child (direct sums shorter than M, zero-padded)
+    ["a/b/x", "a/b/y", "a/c/z", "a/c/w", "d/e/u", "d/e/v", "d/f/s", "d/f/t/q", "d/f/t/r"],
+    # classes under the root with no branching ancestor, and a class under a chain
+    ["x", "y", "a/b/z", "a/b/w", "c/d/e/v"],
+])
+def test_node_sums_and_gradient_when_direct_segments_are_missing(paths):
+    import tensorflow as tf
+
+    h = Hierarchy.from_paths(paths)
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(3, h.num_classes)).astype(np.float32)
+    weights = rng.normal(size=(3, h.num_node_ids)).astype(np.float32)
+    x = tf.constant(values)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        sums = kh_ops.node_sums(x, h)
+        weighted = tf.reduce_sum(sums * weights)
+    np.testing.assert_allclose(sums.numpy(), reference_node_sums(values, h), rtol=1e-5, atol=1e-5)
+    traced = tf.function(lambda v: kh_ops.node_sums(v, h), input_signature=[tf.TensorSpec([None, h.num_classes])])
+    np.testing.assert_allclose(traced(x).numpy(), sums.numpy(), rtol=1e-6, atol=1e-6)
+    membership = reference_node_sums(np.eye(h.num_classes), h)  # [C, nodes]: 1 where the class is under the node
+    np.testing.assert_allclose(tape.gradient(weighted, x).numpy(), weights @ membership.T, rtol=1e-5, atol=1e-5)
+    labels = np.arange(h.num_classes) % h.num_classes
+    path, total = kh_ops.path_sums(values[:1].repeat(h.num_classes, 0), labels, h, with_total=True)
+    ref = reference_node_sums(values[:1], h)[0]
+    np.testing.assert_allclose(ops.convert_to_numpy(path), ref[h.node_ids], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(total), np.full(h.num_classes, values[0].sum()), rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_tree_plan_is_cached_per_hierarchy():
     h = random_tree(2)
     assert kh_ops.tree_plan(h) is kh_ops.tree_plan(h)
