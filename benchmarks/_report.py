@@ -44,3 +44,18 @@ def write_section(name, markdown, path=BENCHMARKS_MD):
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def command_line():
+    """The command that ran this benchmark, as it would be typed from the project root."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), BENCHMARKS_MD.parent)
+    return " ".join([".venv/bin/python", script] + sys.argv[1:])
+
+
+def publish(name, lines, write=True):
+    """Adds the command and machine lines, prints the section and (if `write`) stores it."""
+    text = "\n".join(list(lines) + ["", f"Command: `{command_line()}`", "", f"Machine: {machine_line()}"])
+    print(text)
+    if write:
+        write_section(name, text)
+    return text

@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _report import machine_line, write_section  # noqa: E402
+from _report import publish  # noqa: E402
 
 from keras_hier import hierarchies  # noqa: E402
 from keras_hier.retrieval_metrics import retrieval, tree_similarity_for_hs  # noqa: E402
@@ -110,12 +110,7 @@ def main():
             full = f"not run: needs ~{need:.0f} GiB (> 24 GiB RAM) | | | | "
         lines.append(f"| {r['n']} | {r['t_block']:.1f} s | {r['m_block'] / 2**20:.0f} MiB | {full} | "
                      f"{r['ahs']:.4f} | {r['map']:.4f} | {r['r1']:.4f} |")
-    command = " ".join([".venv/bin/python benchmarks/bench_eval.py"] + sys.argv[1:])
-    lines += ["", f"Command: `{command}`", "", f"Machine: {machine_line()}"]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("eval", text)
+    publish("eval", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

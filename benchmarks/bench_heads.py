@@ -63,7 +63,7 @@ def main():
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
-    from _report import machine_line, write_section
+    from _report import publish
     from keras_hier.backbones import small_cnn
     from keras_hier.models import build_classifier
 
@@ -111,12 +111,7 @@ def main():
     ]
     for label, _ in models:
         lines.append(f"| {label} | {1000 * best[label]:.1f} ms | {best[label] / dense:.3f}x |")
-    command = "`.venv/bin/python benchmarks/bench_heads.py" + "".join(" " + a for a in sys.argv[1:]) + "`"
-    lines += ["", f"Command: {command}", "", f"Machine: {machine_line()}"]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("heads", text)
+    publish("heads", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -139,7 +139,7 @@ def main():
         print(json.dumps(worker(int(num_classes), names, args.batch, args.repeats, args.threads, measure)))
         return
 
-    from _report import machine_line, write_section
+    from _report import publish
 
     rows = []
     for num_classes in args.classes:
@@ -182,12 +182,7 @@ def main():
             lines.append(f"| {num_classes} | {r['depth']} / {r['nodes']} | {LABELS[name]} | {r['time_ms']:.2f} ms "
                          f"({r['median_ms']:.2f}) "
                          f"| {ratio} | {r['peak_mb']:.0f} MiB | {r['loss']:.4f} |")
-    command = "`.venv/bin/python benchmarks/bench_losses.py " + " ".join(sys.argv[1:]) + "`"
-    lines += ["", f"Command: {command.replace(' `', '`')}", "", f"Machine: {machine_line()}"]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("losses", text)
+    publish("losses", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

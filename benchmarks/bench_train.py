@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from _report import machine_line, write_section  # noqa: E402
+from _report import publish  # noqa: E402
 
 VARIANTS = [("softmax", ())] + [
     (head, opts) for head in ("normface", "proxydr")
@@ -141,7 +141,6 @@ def main(argv=None):
         rows.append((name, p, r, q, extra, full))
         print(f"{name:24s} plain {p:7.1f} img/s  recipe {r:7.1f} img/s  ratio {q:.2f}  "
               f"epoch overhead {extra:+.2f} s  ratio@45k {full:.2f}", flush=True)
-    command = "python benchmarks/bench_train.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     lines = [
         "## Training throughput: recipes/train.py vs plain model.fit",
         "",
@@ -162,10 +161,7 @@ def main(argv=None):
     ]
     lines += [f"| {a} | {p:.0f} | {r:.0f} | {q:.2f} | {e:+.2f} | {f:.2f} |"
               for a, p, r, q, e, f in rows]
-    lines += ["", f"Command: `{command}`", "", f"Machine: {machine_line()}"]
-    if not args.no_write:
-        write_section("bench_train", "\n".join(lines))
-    print("\n".join(lines))
+    publish("bench_train", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":
