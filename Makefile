@@ -7,7 +7,7 @@ export KERAS_BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: demo test bench install wordnet fashion-mnist clean
+.PHONY: demo test lint bench install wordnet fashion-mnist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,10 @@ fashion-mnist:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
 	    || echo "warning: could not install dataset-fashion-mnist"; fi
 
-test: $(STAMP) wordnet
+lint: $(STAMP)
+	$(PY) -m ruff check keras_hier recipes tests benchmarks export docs
+
+test: $(STAMP) wordnet lint
 	$(PY) -m pytest -q tests --doctest-modules keras_hier
 
 demo: $(STAMP) wordnet fashion-mnist
