@@ -23,9 +23,28 @@ import warnings
 
 import numpy as np
 
-from keras_hier.hierarchy_io import atomic_write, csv_text, newick, read_csv_table, scan_class_folders, split_path
+from keras_hier.hierarchy_io import (atomic_write, csv_text, decode_tree, encode_tree, newick, read_csv_table,
+                                     scan_class_folders, split_path)
 
-__all__ = ["Hierarchy"]
+__all__ = ["Hierarchy", "DISTANCE_KINDS", "check_distance_kind"]
+
+#: The tree distances between classes (`Hierarchy.distance`, `distance_matrix`).
+DISTANCE_KINDS = ("path", "lca_height")
+
+CONFIG_FORMAT = "keras_hier.Hierarchy/1"
+
+
+def check_distance_kind(kind, where="kind"):
+    """Returns `kind` if it is one of `DISTANCE_KINDS`, else raises `ValueError` naming it.
+
+    Example:
+
+    >>> check_distance_kind("path")
+    'path'
+    """
+    if not isinstance(kind, str) or kind not in DISTANCE_KINDS:
+        raise ValueError(f"unknown distance kind {where}={kind!r}; use one of {', '.join(map(repr, DISTANCE_KINDS))}")
+    return kind
 
 
 def _readonly(array):
@@ -114,6 +133,7 @@ class Hierarchy:
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
         node_ids = np.stack([ancestors[level] + offsets[level] for level in range(depth)], axis=1)
         self._level_sizes = tuple(sizes)
+        self._level_offsets = _readonly(np.concatenate([offsets, [sum(sizes)]]).astype(np.int32))
         self._node_ids = _readonly(node_ids.astype(np.int32))
         self._level_mask = _readonly(np.arange(depth)[None, :] < leaf_depths[:, None])
         assert self._node_ids.shape == (num_classes, depth)
@@ -223,27 +243,143 @@ class Hierarchy:
         """Full node paths at `level` (unique), indexed by node id."""
         return [separator.join(key) for key in self._level_keys[self._check_level(level)]]
 
+    # ------------------------------------------------------------ tree tables
+    @property
+    def level_offsets(self):
+        """int32 [depth + 1]: where each level's ids start in `node_ids` (last = `num_node_ids`)."""
+        return self._level_offsets
+
+    def parents(self, level):
+        """int32 [num_nodes(level)]: the id of every node's parent at `level - 1` (-1 at level 0).
+
+        Example:
+
+        >>> h = Hierarchy.from_paths(["a/x/1", "a/y/2", "b/z/3"])
+        >>> h.parents(1).tolist(), h.parents(0).tolist()
+        ([0, 0, 1], [-1, -1])
+        """
+        return self._parents[self._check_level(level)]
+
+    @functools.cached_property
+    def _parents(self):
+        tables = [_readonly(np.full(self._level_sizes[0], -1, dtype=np.int32))]
+        for level in range(1, self._depth):
+            parent = np.empty(self._level_sizes[level], dtype=np.int32)
+            parent[self._ancestors[level]] = self._ancestors[level - 1]
+            tables.append(_readonly(parent))
+        return tuple(tables)
+
+    def node_heights(self, level):
+        """int32 [num_nodes(level)]: height of every node at `level` (longest path down to a leaf).
+
+        A leaf (also a shallow leaf repeated below its depth) has height 0;
+        the root, not listed, has height `depth`.
+        """
+        return self._node_heights[self._check_level(level)]
+
+    @functools.cached_property
+    def _node_heights(self):
+        tables = []
+        for level in range(self._depth):
+            deepest = np.zeros(self._level_sizes[level], dtype=np.int32)
+            np.maximum.at(deepest, self._ancestors[level], self._leaf_depths)
+            tables.append(_readonly(np.maximum(deepest - (level + 1), 0).astype(np.int32)))
+        return tuple(tables)
+
+    def ancestor_heights(self):
+        """int32 [C, depth + 1]: height of every class's ancestor at each level.
+
+        Column 0 is the root (height = tree depth), column l + 1 the level-l
+        ancestor (`node_heights(l)[ancestors(l)]`); below a shallow leaf the
+        leaf's own height 0 repeats.
+        """
+        return self._ancestor_heights
+
+    @functools.cached_property
+    def _ancestor_heights(self):
+        columns = [np.full(self.num_classes, self._depth, dtype=np.int32)]
+        columns += [self._node_heights[level][self._ancestors[level]] for level in range(self._depth)]
+        return _readonly(np.stack(columns, axis=1))
+
     # ------------------------------------------------------------- distances
+    def _class_id_array(self, ids, where):
+        ids = np.asarray(ids)
+        if ids.dtype.kind == "f" and ids.size and np.all(np.isfinite(ids)) and np.all(ids == np.round(ids)):
+            ids = ids.astype(np.int64)
+        if ids.dtype.kind not in "iu" and not (ids.dtype.kind == "f" and ids.size == 0):
+            raise TypeError(f"Hierarchy.distance: {where} must hold integer class ids, got dtype {ids.dtype}")
+        ids = ids.astype(np.int64)
+        bad = (ids < 0) | (ids >= self.num_classes)
+        if np.any(bad):
+            raise ValueError(f"Hierarchy.distance: {where} holds class id {int(ids[bad].flat[0])} outside "
+                             f"[0, {self.num_classes})")
+        return ids
+
+    def lca_depths(self, a, b):
+        """Depth of the lowest common ancestor of classes `a` and `b` (root = 0; `a == b`: the leaf depth).
+
+        `a` and `b` are broadcast against each other; O(depth) per pair.
+        """
+        a, b = self._class_id_array(a, "a"), self._class_id_array(b, "b")
+        shape = np.broadcast_shapes(a.shape, b.shape)
+        shared = np.zeros(shape, dtype=np.int32)
+        for level in range(self._depth):
+            ids = self._ancestors[level]
+            # Ancestors agree on a prefix of levels; on the class's own path only.
+            same = (ids[a] == ids[b]) & self._level_mask[a, level]
+            if not same.any():
+                break
+            shared += same
+        return shared
+
+    def distance(self, a, b, kind="path"):
+        """Tree distance between classes `a` and `b`, vectorised, without a C x C matrix.
+
+        Equal to `distance_matrix(kind)[a, b]`, computed from the ancestor
+        tables in O(depth) per pair, so it works at any number of classes.
+
+        Args:
+            a: class id or integer array of class ids.
+            b: class id(s), broadcast against `a` (e.g. `a[:, None]`, `b[None, :]`).
+            kind: `"path"` (edges between the leaves) or `"lca_height"`
+                (height of the lowest common ancestor; 0 when `a == b`).
+
+        Returns:
+            int32 array of the broadcast shape of `a` and `b`.
+
+        Example:
+
+        >>> h = Hierarchy.from_paths(["plant/flower/rose", "plant/flower/tulip", "vehicle/truck"])
+        >>> h.distance([0, 0, 1], [1, 2, 1]).tolist()
+        [2, 5, 0]
+        >>> h.distance(0, 2, kind="lca_height").tolist()
+        3
+        """
+        check_distance_kind(kind)
+        a, b = self._class_id_array(a, "a"), self._class_id_array(b, "b")
+        lca = self.lca_depths(a, b)
+        if kind == "path":
+            return (self._leaf_depths[a] + self._leaf_depths[b] - 2 * lca).astype(np.int32)
+        height = self._ancestor_heights[a, lca]
+        return np.where(a == b, 0, height).astype(np.int32)
+
     def lca_depth_matrix(self):
         """int32 [C, C]: depth of the lowest common ancestor (root = 0).
 
-        The diagonal holds each leaf's own depth.
+        The diagonal holds each leaf's own depth. O(C^2) memory: use
+        `lca_depths` for given pairs at large C.
         """
         return self._lca_depth
 
     @functools.cached_property
     def _lca_depth(self):
-        num_classes = self.num_classes
-        shared = np.zeros((num_classes, num_classes), dtype=np.int32)
-        for level in range(self._depth):
-            ids = self._ancestors[level]
-            mask = self._level_mask[:, level]
-            # A node shared by two different classes is always a real node of both.
-            shared += (ids[:, None] == ids[None, :]) & mask[:, None] & mask[None, :]
-        return _readonly(shared)
+        ids = np.arange(self.num_classes)
+        return _readonly(self.lca_depths(ids[:, None], ids[None, :]))
 
     def distance_matrix(self, kind="path"):
         """Tree distance between every pair of classes (int32 [C, C]).
+
+        O(C^2) memory: for given pairs at large C use `distance(a, b, kind)`.
 
         Args:
             kind: `"path"`: number of edges between the two leaves,
@@ -255,45 +391,17 @@ class Hierarchy:
         Returns:
             A read-only int32 matrix, symmetric, zero exactly on the diagonal.
         """
-        if kind == "path":
-            return self._path_distance
-        if kind == "lca_height":
-            return self._lca_height
-        raise ValueError(f"unknown distance kind {kind!r}; use 'path' or 'lca_height'")
+        check_distance_kind(kind)
+        return self._path_distance if kind == "path" else self._lca_height
 
     @functools.cached_property
     def _path_distance(self):
         d = self._leaf_depths
-        distance = d[:, None] + d[None, :] - 2 * self._lca_depth
-        return _readonly(distance.astype(np.int32))
-
-    def ancestor_heights(self):
-        """int32 [C, depth + 1]: height of every class's ancestor at each level.
-
-        Column 0 is the root (height = tree depth), column l + 1 the level-l
-        ancestor; below a shallow leaf the leaf's own height 0 repeats. Height
-        = longest downward path from the node to a leaf (as in
-        `distance_matrix("lca_height")`).
-        """
-        return self._ancestor_heights
-
-    @functools.cached_property
-    def _ancestor_heights(self):
-        heights = np.zeros((self.num_classes, self._depth + 1), dtype=np.int32)
-        heights[:, 0] = self._depth
-        for level in range(self._depth):
-            ids = self._ancestors[level]
-            deepest = np.zeros(self._level_sizes[level], dtype=np.int32)
-            np.maximum.at(deepest, ids, self._leaf_depths)
-            heights[:, level + 1] = np.maximum(deepest[ids] - (level + 1), 0)
-        return _readonly(heights)
+        return _readonly((d[:, None] + d[None, :] - 2 * self._lca_depth).astype(np.int32))
 
     @functools.cached_property
     def _lca_height(self):
-        # The LCA of a pair at depth k >= 1 is the level-(k-1) ancestor.
-        lca = self._lca_depth
-        rows = np.arange(self.num_classes)[:, None]
-        height = self._ancestor_heights[rows, lca]
+        height = self._ancestor_heights[np.arange(self.num_classes)[:, None], self._lca_depth]
         np.fill_diagonal(height, 0)
         return _readonly(height.astype(np.int32))
 
@@ -503,6 +611,40 @@ class Hierarchy:
             raise ValueError("a hierarchy dict needs the keys 'classes' and 'paths'")
         hierarchy = cls([tuple(path) for path in data["paths"]], data["classes"])
         hierarchy.wordnet_choices = dict(data.get("wordnet_choices", {}))
+        return hierarchy
+
+    def to_config(self):
+        """A small JSON-safe dict holding the whole tree as ONE string (for Keras `get_config`).
+
+        Node names are stored once with parent indices, so a 100 000-class
+        tree saves quickly and Keras never walks thousands of nested strings.
+        `Hierarchy.from_config` is the inverse.
+
+        Example:
+
+        >>> h = Hierarchy.from_paths(["plant/rose", "plant/tulip"])
+        >>> sorted(h.to_config())
+        ['format', 'num_classes', 'tree']
+        >>> Hierarchy.from_config(h.to_config()) == h
+        True
+        """
+        extra = {"wordnet_choices": dict(self.wordnet_choices)} if self.wordnet_choices else None
+        return {"format": CONFIG_FORMAT, "num_classes": self.num_classes,
+                "tree": encode_tree(self._classes, self._paths, extra)}
+
+    @classmethod
+    def from_config(cls, config):
+        """Inverse of `to_config` (also accepts a `to_dict()` dict or a `Hierarchy`)."""
+        if isinstance(config, Hierarchy):
+            return config
+        if not isinstance(config, dict):
+            raise TypeError(f"Hierarchy.from_config expects the dict of Hierarchy.to_config(), "
+                            f"got {type(config).__name__}")
+        if "tree" not in config:
+            return cls.from_dict(config)
+        classes, paths, tree = decode_tree(config["tree"])
+        hierarchy = cls(paths, classes)
+        hierarchy.wordnet_choices = dict(tree.get("wordnet_choices") or {})
         return hierarchy
 
     def to_json(self, path=None):

@@ -7,9 +7,11 @@ file, line and class.
 
 import csv
 import io
+import json
 import os
 
-__all__ = ["split_path", "read_csv_table", "scan_class_folders", "csv_text", "newick", "atomic_write"]
+__all__ = ["split_path", "read_csv_table", "scan_class_folders", "csv_text", "newick", "atomic_write",
+           "encode_tree", "decode_tree"]
 
 
 def split_path(path, separator, where):
@@ -157,3 +159,57 @@ def atomic_write(path, text):
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def encode_tree(classes, paths, extra=None):
+    """One compact JSON string holding a tree: node names once, parent indices, class leaves.
+
+    Nodes are the distinct path prefixes, numbered so that a parent comes
+    before its children; `"parent"` holds each node's parent index (-1 for
+    the root's children), `"leaf"` each class's leaf node. `"classes"` is
+    stored only when a class name differs from its leaf's node name.
+    """
+    index, names, parent, leaf = {}, [], [], []
+    for path in paths:
+        for k in range(len(path)):
+            key = path[: k + 1]
+            if key not in index:
+                index[key] = len(names)
+                names.append(key[-1])
+                parent.append(index[path[:k]] if k else -1)
+        leaf.append(index[path])
+    tree = {"nodes": names, "parent": parent, "leaf": leaf}
+    if any(name != path[-1] for name, path in zip(classes, paths)):
+        tree["classes"] = list(classes)
+    tree.update(extra or {})
+    return json.dumps(tree, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_tree(text, where="hierarchy config"):
+    """Inverse of `encode_tree`: `(classes, paths, tree dict)`; errors name `where`."""
+    if not isinstance(text, str):
+        raise TypeError(f"{where}: 'tree' must be a JSON string, got {type(text).__name__}")
+    try:
+        tree = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"{where}: 'tree' is not valid JSON ({error})") from None
+    if not isinstance(tree, dict) or not all(isinstance(tree.get(key), list) for key in ("nodes", "parent", "leaf")):
+        raise ValueError(f"{where}: 'tree' must be a JSON object with the lists 'nodes', 'parent' and 'leaf'")
+    names, parent, leaf = tree["nodes"], tree["parent"], tree["leaf"]
+    if len(parent) != len(names):
+        raise ValueError(f"{where}: {len(names)} nodes but {len(parent)} parent entries")
+    node_paths = []
+    for node, (name, up) in enumerate(zip(names, parent)):
+        if not isinstance(name, str) or not isinstance(up, int) or not -1 <= up < node:
+            raise ValueError(f"{where}: node {node} ({name!r}) has an invalid name or parent {up!r} "
+                             "(a parent must come before its child)")
+        node_paths.append(node_paths[up] + (name,) if up >= 0 else (name,))
+    if not all(isinstance(node, int) and 0 <= node < len(names) for node in leaf):
+        raise ValueError(f"{where}: 'leaf' holds an invalid node index")
+    paths = [node_paths[node] for node in leaf]
+    classes = tree.get("classes")
+    if classes is None:
+        classes = [path[-1] for path in paths]
+    elif not isinstance(classes, list) or len(classes) != len(paths):
+        raise ValueError(f"{where}: 'classes' must be a list of {len(paths)} names")
+    return classes, paths, tree

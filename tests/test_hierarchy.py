@@ -258,3 +258,120 @@ def test_tree_similarity_matches_distances():
     t = reference_distances(h.paths)
     np.testing.assert_allclose(h.similarity_matrix("exp", beta=0.5), np.exp(-0.5 * t), rtol=1e-6)
     np.testing.assert_allclose(h.similarity_matrix("linear"), 1 - t / t.max(), rtol=1e-6)
+
+
+# ------------------------------------------------- tree tables and pairwise distance
+@settings(max_examples=60, deadline=None)
+@given(random_paths(), st.data())
+def test_pairwise_distance_equals_the_matrix_on_ragged_trees(paths, data):
+    h = Hierarchy(paths)
+    num_classes = h.num_classes
+    a = np.array(data.draw(st.lists(st.integers(0, num_classes - 1), min_size=1, max_size=20)))
+    b = np.array(data.draw(st.lists(st.integers(0, num_classes - 1), min_size=len(a), max_size=len(a))))
+    path_ref, height_ref = reference_distances(h.paths), reference_lca_height(h.paths)
+    np.testing.assert_array_equal(h.distance(a, b), path_ref[a, b])
+    np.testing.assert_array_equal(h.distance(a, b, kind="lca_height"), height_ref[a, b])
+    # broadcasting: every pair of a top-k style table
+    np.testing.assert_array_equal(h.distance(a[:, None], b[None, :]), path_ref[a[:, None], b[None, :]])
+    assert h.distance(a, b).dtype == np.int32
+    np.testing.assert_array_equal(h.distance_matrix("lca_height"), height_ref)
+
+
+@settings(max_examples=60, deadline=None)
+@given(random_paths())
+def test_parents_heights_and_offsets_against_the_paths(paths):
+    h = Hierarchy(paths)
+    np.testing.assert_array_equal(h.level_offsets, np.concatenate([[0], np.cumsum(h.level_sizes)]))
+    for level in range(h.depth):
+        np.testing.assert_array_equal(h.node_ids[:, level], h.ancestors(level) + h.level_offsets[level])
+        keys = h.level_paths(level)
+        parents = h.parents(level)
+        assert parents.dtype == np.int32 and parents.shape == (h.num_nodes(level),)
+        for node, key in enumerate(keys):
+            parts = key.split("/")
+            if level == 0:
+                assert parents[node] == -1
+            else:
+                parent_key = keys[node] if len(parts) <= level else "/".join(parts[:-1])
+                assert h.level_paths(level - 1)[parents[node]] == parent_key
+            below = [len(p) for p in h.paths if "/".join(p[: len(parts)]) == key]
+            assert h.node_heights(level)[node] == max(below) - len(parts)
+    columns = [h.node_heights(level)[h.ancestors(level)] for level in range(h.depth)]
+    np.testing.assert_array_equal(h.ancestor_heights()[:, 1:], np.stack(columns, axis=1))
+
+
+def test_distance_rejects_bad_ids_and_kinds():
+    from keras_hier.hierarchy import DISTANCE_KINDS, check_distance_kind
+
+    h = Hierarchy.from_paths(["a/x", "a/y", "b/z"])
+    assert DISTANCE_KINDS == ("path", "lca_height")
+    with pytest.raises(ValueError, match="class id 3 outside"):
+        h.distance([0, 3], [1, 1])
+    with pytest.raises(ValueError, match="class id -1 outside"):
+        h.distance([0], [-1])
+    with pytest.raises(TypeError, match="integer class ids"):
+        h.distance([0.5], [1])
+    with pytest.raises(ValueError, match="unknown distance kind kind='euclid'"):
+        h.distance(0, 1, kind="euclid")
+    with pytest.raises(ValueError, match="distance='cos'"):
+        check_distance_kind("cos", where="distance")
+    assert h.distance(np.array([2.0]), [0]).tolist() == [4]
+    assert h.distance(np.zeros((0,), int), np.zeros((0,), int)).shape == (0,)
+
+
+def test_distance_at_scale_needs_no_matrix():
+    # 20 000 classes: a C x C int32 matrix would need 1.6 GB; pairs stay cheap.
+    paths = [f"g{c % 7}/s{c % 97}/class{c}" for c in range(20000)]
+    h = Hierarchy.from_paths(paths)
+    a, b = np.arange(0, 20000, 3), np.arange(1, 20000, 3)[: len(np.arange(0, 20000, 3))]
+    a = a[: len(b)]
+    expected = np.where(a % 7 != b % 7, 6, np.where(a % 97 != b % 97, 4, 2))
+    np.testing.assert_array_equal(h.distance(a, b), expected)
+    assert "_path_distance" not in h.__dict__ and "_lca_depth" not in h.__dict__
+
+
+# --------------------------------------------------------------- to_config
+@st.composite
+def awkward_paths(draw):
+    alphabet = st.sampled_from(["a", "b/c", "é", "日本", "x y", '"q"', "\\", "{", "/"])
+    num_classes = draw(st.integers(1, 8))
+    paths = []
+    for index in range(num_classes):
+        prefix = draw(st.lists(alphabet, min_size=0, max_size=4))
+        paths.append(tuple(prefix) + (draw(alphabet) + f"{index}",))
+    return paths
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(random_paths(), awkward_paths()))
+def test_config_round_trips_through_json(paths):
+    h = Hierarchy(paths)
+    config = h.to_config()
+    assert set(config) == {"format", "num_classes", "tree"} and isinstance(config["tree"], str)
+    again = Hierarchy.from_config(json.loads(json.dumps(config)))
+    assert again == h
+    np.testing.assert_array_equal(again.distance_matrix(), h.distance_matrix())
+
+
+def test_config_keeps_class_names_children_and_wordnet_choices():
+    h = Hierarchy.from_paths({"A": "x/A", "B": "x/A/B", "r/s": "x/r/s"})   # 'A' has a child, a name with '/'
+    g = Hierarchy([("top", "leaf")], classes=["other name"])
+    g.wordnet_choices = {"other name": "leaf.n.01"}
+    for hierarchy in (h, g):
+        again = Hierarchy.from_config(hierarchy.to_config())
+        assert again == hierarchy and again.paths == hierarchy.paths
+        assert again.wordnet_choices == hierarchy.wordnet_choices
+    assert Hierarchy.from_config(h.to_dict()) == h     # the older dict form still loads
+
+
+@pytest.mark.parametrize("config, error, message", [
+    ([1, 2], TypeError, "got list"),
+    ({"format": "keras_hier.Hierarchy/1", "tree": 3}, TypeError, "'tree' must be a JSON string"),
+    ({"tree": "{"}, ValueError, "not valid JSON"),
+    ({"tree": "[" * 100000}, ValueError, "not valid JSON"),
+    ({"tree": '{"nodes": ["a"], "parent": [0], "leaf": [0]}'}, ValueError, "node 0 .*parent"),
+    ({"tree": '{"nodes": ["a"], "parent": [-1], "leaf": [5]}'}, ValueError, "'leaf'"),
+])
+def test_from_config_errors(config, error, message):
+    with pytest.raises(error, match=message):
+        Hierarchy.from_config(config)
