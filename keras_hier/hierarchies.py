@@ -6,11 +6,22 @@
 - `cifar10()`: derived from WordNet 3.0 with `Hierarchy.from_wordnet` (longest
   hypernym path, single-child chains collapsed) and stored here as a table.
 - `fashion_mnist()`: a hand-made grouping (clothing / footwear / accessories).
+- `imagenet1k()`: the ImageNet-2012 classes (the synset ids that
+  tensorflow-datasets ships) placed in WordNet 3.0 (offline).
+- `wordnet_nouns()`: every leaf noun of WordNet 3.0 (64 958 classes, up to
+  19 levels): a large, irregular real tree for scale tests.
+
+The two WordNet trees use the rule of `Hierarchy.from_wordnet`: a synset
+with several hypernym paths takes the longest one, ties broken by the
+smallest tuple of synset names (`keras_hier.wordnet.hypernym_path`).
 """
+
+import importlib.resources
 
 from keras_hier.hierarchy import Hierarchy
 
-__all__ = ["cifar100", "cifar10", "fashion_mnist", "CIFAR100_SUPERCLASSES", "CIFAR100_GROUPS"]
+__all__ = ["cifar100", "cifar10", "fashion_mnist", "imagenet1k", "imagenet1k_synset_ids", "wordnet_nouns",
+           "CIFAR100_SUPERCLASSES", "CIFAR100_GROUPS"]
 
 # The official CIFAR-100 superclass table.
 CIFAR100_SUPERCLASSES = {
@@ -134,3 +145,80 @@ def fashion_mnist():
     """
     return Hierarchy([path + (name,) for name, path in _FASHION_MNIST_PATHS],
                      [name for name, _ in _FASHION_MNIST_PATHS])
+
+
+def imagenet1k_synset_ids():
+    """The 1 000 ImageNet-2012 synset ids (`"n01440764"`, ...) in tensorflow-datasets' label order.
+
+    Read at run time from `tensorflow_datasets/datasets/imagenet2012/labels.txt`,
+    the file tfds uses for `features["label"]`, so class ids match tfds labels.
+    """
+    try:
+        text = importlib.resources.files("tensorflow_datasets.datasets.imagenet2012").joinpath("labels.txt").read_text()
+    except (ModuleNotFoundError, FileNotFoundError) as error:
+        raise RuntimeError("imagenet1k() reads the ImageNet-2012 synset ids shipped with tensorflow-datasets "
+                           f"(datasets/imagenet2012/labels.txt): {error}; pip install 'tensorflow-datasets>=4.9'") from None
+    ids = text.split()
+    if len(ids) != 1000 or len(set(ids)) != 1000:
+        raise RuntimeError(f"tensorflow_datasets' imagenet2012/labels.txt holds {len(ids)} ids "
+                           f"({len(set(ids))} distinct), expected 1000")
+    return ids
+
+
+def imagenet1k(collapse=True, wordnet_dir=None):
+    """The ImageNet-2012 (ILSVRC, 1 000 classes) hierarchy from WordNet 3.0, offline.
+
+    Class names are the synset ids tfds uses (`"n01440764"`), in tfds label
+    order; internal nodes are synset names (`"dog.n.01"`), and
+    `wordnet_choices` maps each id to its synset name (`"tench.n.01"`).
+
+    Args:
+        collapse: remove single-child chains (as `Hierarchy.from_wordnet`).
+        wordnet_dir: a WordNet 3.0 database folder (see `keras_hier.wordnet`).
+
+    Returns:
+        A ragged `Hierarchy` of 1 000 classes.
+
+    Example:
+
+    >>> h = imagenet1k()
+    >>> h.num_classes, h.wordnet_choices[h.classes[0]]
+    (1000, 'tench.n.01')
+    """
+    from keras_hier.wordnet import noun_graph
+
+    graph = noun_graph(wordnet_dir)
+    ids = imagenet1k_synset_ids()
+    paths = [graph.path(graph.synset_index(wnid)) for wnid in ids]
+    hierarchy = _from_synset_paths(paths, ids, collapse)
+    hierarchy.wordnet_choices = {wnid: path[-1] for wnid, path in zip(ids, paths)}
+    return hierarchy
+
+
+def wordnet_nouns(collapse=False, wordnet_dir=None):
+    """Every leaf noun synset of WordNet 3.0 as a class: 64 958 classes, up to 19 levels.
+
+    A leaf is a noun synset without hyponyms or instance hyponyms. Class
+    names and node names are synset names; class ids follow WordNet's file
+    order. Builds in a few seconds, offline (reads `data.noun` directly).
+
+    Args:
+        collapse: remove single-child chains (default False: WordNet's levels
+            as they are, below the shared top `entity.n.01`).
+        wordnet_dir: a WordNet 3.0 database folder (see `keras_hier.wordnet`).
+
+    Returns:
+        A ragged `Hierarchy`.
+    """
+    from keras_hier.wordnet import noun_graph
+
+    graph = noun_graph(wordnet_dir)
+    paths = [graph.path(index) for index, leaf in enumerate(graph.is_leaf) if leaf]
+    return _from_synset_paths(paths, [path[-1] for path in paths], collapse)
+
+
+def _from_synset_paths(paths, classes, collapse):
+    from keras_hier.wordnet import collapse_chains, drop_common_top
+
+    paths = collapse_chains(paths) if collapse else drop_common_top(paths)
+    return Hierarchy([path[:-1] + (name,) for path, name in zip(paths, classes)], classes)

@@ -23,8 +23,9 @@ import warnings
 
 import numpy as np
 
-from keras_hier.hierarchy_io import (atomic_write, csv_text, decode_tree, encode_tree, newick, read_csv_table,
-                                     scan_class_folders, split_path)
+from keras_hier.hierarchy_io import (atomic_write, check_paths, classes_with_children, csv_text, decode_tree,
+                                     encode_tree, level_ids, newick, read_csv_table, scan_class_folders,
+                                     split_path)
 
 __all__ = ["Hierarchy", "DISTANCE_KINDS", "check_distance_kind"]
 
@@ -76,67 +77,36 @@ class Hierarchy:
     """
 
     def __init__(self, paths, classes=None):
-        paths = [tuple(path) for path in paths]
-        if not paths:
-            raise ValueError("a Hierarchy needs at least one class; got an empty list of paths")
-        if classes is None:
-            classes = [path[-1] for path in paths]
-        classes = [str(name) for name in classes]
-        if len(classes) != len(paths):
-            raise ValueError(f"{len(classes)} class names for {len(paths)} paths")
-        seen = {}
-        for index, name in enumerate(classes):
-            if name in seen:
-                raise ValueError(f"duplicate class name {name!r} (class ids {seen[name]} and {index})")
-            seen[name] = index
-        for name, path in zip(classes, paths):
-            if not path or any(not isinstance(part, str) or part == "" for part in path):
-                raise ValueError(f"class {name!r}: invalid path {path!r}")
-        by_path = {}
-        for name, path in zip(classes, paths):
-            if path in by_path:
-                raise ValueError(f"classes {by_path[path]!r} and {name!r} have the same path {'/'.join(path)!r}")
-            by_path[path] = name
+        paths, classes = check_paths(paths, classes)
+        ancestors, representatives = level_ids(paths)
         # A class that is also an internal node becomes a leaf child of that node.
-        internal = {path[:k] for path in paths for k in range(1, len(path))}
-        paths = [path + (path[-1],) if path in internal else path for path in paths]
-        self._classes = tuple(classes)
-        self._paths = tuple(paths)
-        self._build_levels()
+        internal = classes_with_children(paths, ancestors)
+        if internal.any():
+            paths = tuple(path + (path[-1],) if flag else path for path, flag in zip(paths, internal))
+            ancestors, representatives = level_ids(paths)
+        self._classes = classes
+        self._paths = paths
+        self._set_levels(ancestors, representatives)
         self.wordnet_choices = {}
 
     # ------------------------------------------------------------------ build
-    def _build_levels(self):
-        num_classes = len(self._paths)
-        depth = max(len(path) for path in self._paths)
-        leaf_depths = np.array([len(path) for path in self._paths], dtype=np.int32)
-        ancestors, names, keys = [], [], []
-        for level in range(depth):
-            ids, level_names, level_keys, index = [], [], [], {}
-            for path in self._paths:
-                # A leaf shallower than the level is its own node there.
-                key = path[: level + 1] if len(path) > level else path
-                if key not in index:
-                    index[key] = len(level_keys)
-                    level_keys.append(key)
-                    level_names.append(key[-1])
-                ids.append(index[key])
-            ancestors.append(_readonly(np.array(ids, dtype=np.int32)))
-            names.append(tuple(level_names))
-            keys.append(tuple(level_keys))
+    def _set_levels(self, ancestors, representatives):
+        depth = len(ancestors)
+        leaf_depths = np.fromiter(map(len, self._paths), dtype=np.int32, count=len(self._paths))
         self._depth = depth
         self._leaf_depths = _readonly(leaf_depths)
-        self._ancestors = tuple(ancestors)
-        self._level_names = tuple(names)
-        self._level_keys = tuple(keys)
-        sizes = [len(level_keys) for level_keys in keys]
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
-        node_ids = np.stack([ancestors[level] + offsets[level] for level in range(depth)], axis=1)
+        self._ancestors = tuple(_readonly(ids) for ids in ancestors)
+        self._representatives = tuple(representatives)
+        sizes = [len(first) for first in representatives]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
         self._level_sizes = tuple(sizes)
-        self._level_offsets = _readonly(np.concatenate([offsets, [sum(sizes)]]).astype(np.int32))
-        self._node_ids = _readonly(node_ids.astype(np.int32))
+        self._level_offsets = _readonly(offsets)
+        self._node_ids = _readonly(np.stack(ancestors, axis=1) + offsets[None, :-1])
         self._level_mask = _readonly(np.arange(depth)[None, :] < leaf_depths[:, None])
-        assert self._node_ids.shape == (num_classes, depth)
+
+    def _level_keys(self, level):
+        """Full node paths (tuples) at `level`, indexed by node id."""
+        return [self._paths[c][: level + 1] for c in self._representatives[level]]
 
     # ------------------------------------------------------------ properties
     @property
@@ -237,11 +207,11 @@ class Hierarchy:
 
     def level_names(self, level):
         """Bare node names at `level`, indexed by node id (list of str)."""
-        return list(self._level_names[self._check_level(level)])
+        return [key[-1] for key in self._level_keys(self._check_level(level))]
 
     def level_paths(self, level, separator="/"):
         """Full node paths at `level` (unique), indexed by node id."""
-        return [separator.join(key) for key in self._level_keys[self._check_level(level)]]
+        return [separator.join(key) for key in self._level_keys(self._check_level(level))]
 
     # ------------------------------------------------------------ tree tables
     @property
@@ -570,29 +540,19 @@ class Hierarchy:
             A `Hierarchy` whose `wordnet_choices` maps each class to the synset
             used. A warning lists the words that had several noun senses.
         """
-        from keras_hier.wordnet import class_synsets, hypernym_path
+        from keras_hier.wordnet import wordnet_paths
 
-        chosen, ambiguous = class_synsets(classes, synsets=synsets, wordnet_dir=wordnet_dir)
+        class_names, paths, choices, ambiguous = wordnet_paths(classes, synsets=synsets, collapse=collapse,
+                                                               wordnet_dir=wordnet_dir)
         if ambiguous:
             warnings.warn(
                 "WordNet: took the first noun sense for ambiguous class names "
-                + ", ".join(f"{name!r} -> {chosen[name].name()}" for name in ambiguous)
+                + ", ".join(f"{name!r} -> {choices[name]}" for name in ambiguous)
                 + "; pass synsets={name: 'word.n.NN'} to choose another (see Hierarchy.wordnet_choices).",
                 stacklevel=2,
             )
-        class_names = [str(name) for name in classes]
-        paths = [tuple(s.name() for s in hypernym_path(chosen[name])) for name in class_names]
-        by_synset = {}
-        for name, path in zip(class_names, paths):
-            if path[-1] in by_synset:
-                raise ValueError(f"classes {by_synset[path[-1]]!r} and {name!r} map to the same synset {path[-1]!r}")
-            by_synset[path[-1]] = name
-        # A class synset may be a hypernym of another class: then it is both a
-        # leaf and an internal node, which the constructor handles.
-        if collapse:
-            paths = _collapse_chains(paths)
-        hierarchy = cls([path[:-1] + (name,) for path, name in zip(paths, class_names)], class_names)
-        hierarchy.wordnet_choices = {name: chosen[name].name() for name in class_names}
+        hierarchy = cls(paths, class_names)
+        hierarchy.wordnet_choices = choices
         return hierarchy
 
     # --------------------------------------------------------- serialisation
@@ -699,18 +659,3 @@ class Hierarchy:
     def __hash__(self):
         return hash((self._classes, self._paths))
 
-
-def _collapse_chains(paths):
-    """Removes path nodes that have exactly one child (keeps the leaves)."""
-    children = {}
-    for path in paths:
-        for k in range(1, len(path)):
-            children.setdefault(path[:k], set()).add(path[: k + 1])
-    collapsed = []
-    for path in paths:
-        kept = [path[k - 1] for k in range(1, len(path)) if len(children[path[:k]]) > 1]
-        collapsed.append(tuple(kept) + (path[-1],))
-    # The implicit root must branch too: drop a top node shared by all classes.
-    while len(collapsed) > 1 and all(len(p) > 1 and p[0] == collapsed[0][0] for p in collapsed):
-        collapsed = [p[1:] for p in collapsed]
-    return collapsed

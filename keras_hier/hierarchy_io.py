@@ -10,8 +10,10 @@ import io
 import json
 import os
 
+import numpy as np
+
 __all__ = ["split_path", "read_csv_table", "scan_class_folders", "csv_text", "newick", "atomic_write",
-           "encode_tree", "decode_tree"]
+           "encode_tree", "decode_tree", "check_paths", "level_ids", "classes_with_children"]
 
 
 def split_path(path, separator, where):
@@ -213,3 +215,96 @@ def decode_tree(text, where="hierarchy config"):
     elif not isinstance(classes, list) or len(classes) != len(paths):
         raise ValueError(f"{where}: 'classes' must be a list of {len(paths)} names")
     return classes, paths, tree
+
+
+def check_paths(paths, classes=None):
+    """Validated `(paths, classes)` tuples for the `Hierarchy` constructor.
+
+    A path must be a sequence of non-empty node-name strings; a bare string is
+    refused rather than split into characters. Errors name the class.
+    """
+    if isinstance(paths, (str, bytes, dict)):
+        raise TypeError(f"paths must be a list of paths (sequences of node names), got {type(paths).__name__}; "
+                        "use Hierarchy.from_paths for 'a/b/class' strings or a mapping")
+    checked = []
+    for index, path in enumerate(paths):
+        if isinstance(path, (str, bytes)):
+            raise TypeError(f"class id {index}: path {path!r} is a string, not a sequence of node names; "
+                            "use Hierarchy.from_paths for 'a/b/class' strings")
+        try:
+            checked.append(tuple(path))
+        except TypeError:
+            raise TypeError(f"class id {index}: path {path!r} is not a sequence of node names") from None
+    if not checked:
+        raise ValueError("a Hierarchy needs at least one class; got an empty list of paths")
+    if classes is None:
+        classes = [path[-1] if path else "" for path in checked]
+    elif isinstance(classes, (str, bytes)):
+        raise TypeError(f"classes must be a list of names, not the single string {classes!r}")
+    classes = tuple(str(name) for name in classes)
+    if len(classes) != len(checked):
+        raise ValueError(f"{len(classes)} class names for {len(checked)} paths")
+    first = {}
+    for index, name in enumerate(classes):
+        if first.setdefault(name, index) != index:
+            raise ValueError(f"duplicate class name {name!r} (class ids {first[name]} and {index})")
+    _check_node_names(checked, classes)
+    by_path = {}
+    for name, path in zip(classes, checked):
+        if by_path.setdefault(path, name) != name:
+            raise ValueError(f"classes {by_path[path]!r} and {name!r} have the same path {'/'.join(path)!r}")
+    return tuple(checked), classes
+
+
+def _check_node_names(paths, classes):
+    try:
+        names = set().union(*paths)
+        bad = {name for name in names if not isinstance(name, str) or name == ""}
+    except TypeError:  # an unhashable node name
+        bad = None
+    if bad is None or bad or not all(paths):
+        for name, path in zip(classes, paths):
+            if not path or any(not isinstance(part, str) or part == "" for part in path):
+                raise ValueError(f"class {name!r}: invalid path {path!r} (node names must be non-empty strings)")
+
+
+def level_ids(paths):
+    """Node ids of every class at every level, numbered in order of first appearance.
+
+    A leaf shallower than a level is its own node there. Returns two lists
+    over levels: int32 node ids `[C]`, and for each node the first class
+    below it (its representative, whose path prefix names the node).
+    """
+    lengths = np.fromiter(map(len, paths), dtype=np.int64, count=len(paths))
+    codes = {}
+    flat = np.fromiter((codes.setdefault(name, len(codes)) for path in paths for name in path),
+                       dtype=np.int64, count=int(lengths.sum()))
+    absent = len(codes)
+    table = np.full((len(paths), int(lengths.max())), absent, dtype=np.int64)
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    table[np.repeat(np.arange(len(paths)), lengths), np.arange(len(flat)) - starts] = flat
+    ancestors, representatives = [], []
+    previous = np.zeros(len(paths), dtype=np.int64)
+    for level in range(table.shape[1]):
+        # A node is (its parent node, its name); "absent" marks a shallow leaf repeating itself.
+        _, first, inverse = np.unique(previous * (absent + 1) + table[:, level], return_index=True,
+                                      return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[order] = np.arange(len(first))
+        previous = rank[inverse.reshape(-1)]
+        ancestors.append(previous.astype(np.int32))
+        representatives.append(first[order])
+    return ancestors, representatives
+
+
+def classes_with_children(paths, ancestors):
+    """bool [C]: classes whose path is a proper prefix of another class's path."""
+    lengths = np.fromiter(map(len, paths), dtype=np.int64, count=len(paths))
+    flags = np.zeros(len(paths), dtype=bool)
+    for level, ids in enumerate(ancestors):
+        here = lengths == level + 1
+        if here.any():
+            # Another class under a class's own leaf node extends its path.
+            flags[here] = np.bincount(ids)[ids[here]] > 1
+    return flags

@@ -27,7 +27,8 @@ import os
 import shutil
 import tempfile
 
-__all__ = ["get_wordnet", "class_synsets", "hypernym_path", "LEXNAMES"]
+__all__ = ["get_wordnet", "class_synsets", "hypernym_path", "wordnet_paths", "collapse_chains", "noun_graph",
+           "NounGraph", "LEXNAMES"]
 
 DEBIAN_WORDNET = "/usr/share/wordnet"
 
@@ -256,3 +257,154 @@ def hypernym_path(synset):
     """
     paths = synset.hypernym_paths()
     return min(paths, key=lambda path: (-len(path), tuple(s.name() for s in path)))
+
+
+def wordnet_paths(classes, synsets=None, collapse=True, wordnet_dir=None):
+    """The tree paths `Hierarchy.from_wordnet` builds (see it for the rule).
+
+    Returns:
+        `(class names, paths, chosen synset names, ambiguous names)`; every path
+        ends with its class name.
+    """
+    if isinstance(classes, (str, bytes)):
+        raise TypeError(f"classes must be a list of names, not the single string {classes!r}")
+    chosen, ambiguous = class_synsets(classes, synsets=synsets, wordnet_dir=wordnet_dir)
+    class_names = [str(name) for name in classes]
+    paths = [tuple(s.name() for s in hypernym_path(chosen[name])) for name in class_names]
+    by_synset = {}
+    for name, path in zip(class_names, paths):
+        if path[-1] in by_synset:
+            raise ValueError(f"classes {by_synset[path[-1]]!r} and {name!r} map to the same synset {path[-1]!r}")
+        by_synset[path[-1]] = name
+    # A class synset may be a hypernym of another class: then it is both a
+    # leaf and an internal node, which the Hierarchy constructor handles.
+    paths = collapse_chains(paths) if collapse else drop_common_top(paths)
+    paths = [path[:-1] + (name,) for path, name in zip(paths, class_names)]
+    return class_names, paths, {name: chosen[name].name() for name in class_names}, ambiguous
+
+
+def drop_common_top(paths):
+    """Drops leading nodes shared by every path (the implicit root replaces them)."""
+    paths = list(paths)
+    while len(paths) > 1 and all(len(p) > 1 and p[0] == paths[0][0] for p in paths):
+        paths = [p[1:] for p in paths]
+    return paths
+
+
+def collapse_chains(paths):
+    """Removes path nodes that have exactly one child (keeps the leaves) and the common top.
+
+    Example:
+
+    >>> collapse_chains([("a", "b", "x"), ("a", "b", "y"), ("a", "c", "d", "z")])
+    [('b', 'x'), ('b', 'y'), ('z',)]
+    """
+    children = {}
+    for path in paths:
+        for k in range(1, len(path)):
+            children.setdefault(path[:k], set()).add(path[: k + 1])
+    collapsed = []
+    for path in paths:
+        kept = [path[k - 1] for k in range(1, len(path)) if len(children[path[:k]]) > 1]
+        collapsed.append(tuple(kept) + (path[-1],))
+    # The implicit root must branch too: drop a top node shared by all classes.
+    return drop_common_top(collapsed)
+
+
+# ------------------------------------------------------------------ fast noun graph
+class NounGraph:
+    """WordNet 3.0's noun synsets read straight from `data.noun` / `index.noun` (about a second).
+
+    Attributes:
+        names: synset names (`"dog.n.01"`, exactly NLTK's names), by index.
+        index_of_offset: dict database offset -> index (ImageNet's `n02084071`
+            is offset 2084071).
+        hypernyms: per synset, the indices of its hypernyms and instance
+            hypernyms (the links `hypernym_paths()` follows).
+        is_leaf: per synset, True when it has no hyponym or instance hyponym.
+    """
+
+    def __init__(self, names, index_of_offset, hypernyms, is_leaf):
+        self.names, self.index_of_offset = names, index_of_offset
+        self.hypernyms, self.is_leaf = hypernyms, is_leaf
+        self._paths = {}
+
+    def path(self, index):
+        """`hypernym_path` of synset `index` as a tuple of synset names (root first).
+
+        Longest path, ties broken by the smallest tuple of names: the best path
+        to a synset extends the best path to one of its hypernyms, so one
+        memoised pass gives every synset's path.
+        """
+        stack = [index]
+        while stack:
+            node = stack[-1]
+            if node in self._paths:
+                stack.pop()
+                continue
+            missing = [up for up in self.hypernyms[node] if up not in self._paths]
+            if missing:
+                stack.extend(missing)
+                continue
+            stack.pop()
+            candidates = [self._paths[up] for up in self.hypernyms[node]] or [()]
+            best = min(candidates, key=lambda path: (-len(path), path))
+            self._paths[node] = best + (self.names[node],)
+        return self._paths[index]
+
+    def synset_index(self, wnid):
+        """Index of an ImageNet-style id `"n02084071"`; `ValueError` naming it when unknown."""
+        text = str(wnid)
+        if len(text) != 9 or text[0] != "n" or not text[1:].isdigit() or int(text[1:]) not in self.index_of_offset:
+            raise ValueError(f"{text!r} is not a WordNet 3.0 noun synset id (like 'n02084071')")
+        return self.index_of_offset[int(text[1:])]
+
+
+def _database_lines(name, wordnet_dir):
+    """Lines of a WordNet database file from `wordnet_dir`, NLTK's data or Debian's folder."""
+    folders = [os.fspath(wordnet_dir)] if wordnet_dir is not None else []
+    if wordnet_dir is None:
+        import nltk
+
+        try:
+            folders.append(str(nltk.data.find("corpora/wordnet")))
+        except LookupError:
+            pass
+        folders += [os.environ.get("KERAS_HIER_WORDNET"), DEBIAN_WORDNET]
+    for folder in folders:
+        if folder and os.path.isfile(os.path.join(folder, name)):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                return f.read().splitlines()
+    reader = get_wordnet(wordnet_dir)  # a zipped NLTK corpus, or a clear RuntimeError
+    return reader.open(name).read().splitlines()
+
+
+@functools.lru_cache(maxsize=2)
+def noun_graph(wordnet_dir=None):
+    """The WordNet 3.0 noun `NounGraph` (cached; offline; about a second).
+
+    Args:
+        wordnet_dir: a WordNet 3.0 database folder (see `get_wordnet`).
+    """
+    senses = {}
+    for line in _database_lines("index.noun", wordnet_dir):
+        if line.startswith(" "):
+            continue
+        fields = line.split()
+        num_synsets, num_pointers = int(fields[2]), int(fields[3])
+        senses[fields[0]] = [int(offset) for offset in fields[6 + num_pointers: 6 + num_pointers + num_synsets]]
+    names, index_of_offset, links, has_children = [], {}, [], []
+    for line in _database_lines("data.noun", wordnet_dir):
+        if line.startswith(" "):
+            continue
+        fields = line.split(" | ", 1)[0].split()
+        offset, num_words = int(fields[0]), int(fields[3], 16)
+        lemma = fields[4].lower()
+        start = 5 + 2 * num_words  # after the pointer count
+        pointers = [fields[start + 4 * k: start + 4 * k + 4] for k in range(int(fields[start - 1]))]
+        index_of_offset[offset] = len(names)
+        names.append(f"{lemma}.n.{senses[lemma].index(offset) + 1:02d}")
+        links.append([int(target) for symbol, target, pos, _ in pointers if symbol in ("@", "@i") and pos == "n"])
+        has_children.append(any(symbol in ("~", "~i") for symbol, *_ in pointers))
+    hypernyms = [tuple(index_of_offset[offset] for offset in targets) for targets in links]
+    return NounGraph(names, index_of_offset, hypernyms, [not flag for flag in has_children])
