@@ -1,34 +1,47 @@
-"""Hierarchy-consistent predictions: node marginals, decoders, back-off.
+"""Hierarchy-consistent predictions: node marginals, decoders, back-off, written once.
 
-All math is in `keras.ops`, so a decoder traces into a `tf.function` (that is
-how `keras_hier.export` puts it into a SavedModel) and runs on any backend.
+The decoders are written once, as small functions over a handful of array
+primitives (`ops`): `NUMPY_OPS` here (evaluation, `decode`) and
+`keras_hier.serving_graph.TENSORFLOW_OPS` (the exported SavedModel, whose
+graph holds TensorFlow ops only). Everything that depends on the tree alone
+is computed once, in NumPy, by `DecoderTables` (at export time for a
+SavedModel, cached per hierarchy for evaluation).
 
 - Node marginals: the probability of a node is the sum of the probabilities of
-  the classes (leaves) under it. They are summed bottom-up, level by level,
-  with segment sums (no [C, C] matrix), so a parent's marginal is never below
-  its child's, even after float rounding.
+  the classes (leaves) under it, summed bottom-up, level by level (0/1
+  membership matmuls for small trees, segment sums otherwise; never a [C, C]
+  matrix), so a parent's marginal is never below its child's, even after
+  float rounding.
 - `argmax`: the most probable class and its ancestor chain.
 - `expected_cost` (CRM, Karthik et al. 2021): the class j minimising
   sum_i cost(i, j) p_i for a tree cost, factorised per level (see
   `expected_cost`).
 - Back-off: the deepest node on the chosen chain whose marginal reaches a
   threshold (root when none does), with its level.
+
+`from_logits` follows `keras_hier.outputs`: True means scores are logits
+(softmax applied here), False means probabilities, None (the default)
+means "find out": a tensor carrying Keras' softmax mark is taken as
+probabilities, anything else as logits.
 """
 
 import functools
 
 import numpy as np
-from keras import ops
 
-from keras_hier.hierarchy import Hierarchy
+from keras_hier.hierarchy import DISTANCE_KINDS, Hierarchy, check_distance_kind
+from keras_hier.outputs import tensor_is_probability
 
-__all__ = ["DECODERS", "COSTS", "ROOT_NAME", "node_marginals", "level_marginals", "expected_cost", "decode",
-           "check_hierarchy"]
+__all__ = ["DECODERS", "COSTS", "ROOT_NAME", "DecoderTables", "NUMPY_OPS", "decoder_tables", "node_marginals",
+           "level_marginals", "expected_cost", "decode", "decode_probabilities", "check_hierarchy",
+           "check_decoder_arguments"]
 
 DECODERS = ("argmax", "expected_cost")
-COSTS = ("path", "lca_height")
+COSTS = DISTANCE_KINDS
 #: Name reported for the implicit root when back-off reaches it (level -1).
 ROOT_NAME = "<root>"
+#: Membership-matrix entries up to which node sums are dense matmuls (batch-major layout).
+DENSE_LIMIT = 1 << 18
 
 
 def check_hierarchy(hierarchy, where="hierarchy"):
@@ -38,91 +51,320 @@ def check_hierarchy(hierarchy, where="hierarchy"):
     return hierarchy
 
 
-@functools.lru_cache(maxsize=16)
-def _tables(hierarchy):
-    """NumPy tables the decoders need (cached per hierarchy; it is immutable)."""
-    depth, num_classes = hierarchy.depth, hierarchy.num_classes
-    ancestors = [np.asarray(hierarchy.ancestors(level), dtype=np.int32) for level in range(depth)]
-    sizes = [int(hierarchy.num_nodes(level)) for level in range(depth)]
-    # parents[l][n] = node id at level l - 1 of node n at level l (l >= 1).
-    parents = [None]
-    for level in range(1, depth):
-        parent = np.zeros(sizes[level], dtype=np.int32)
-        parent[ancestors[level]] = ancestors[level - 1]
-        parents.append(parent)
-    # The class level is a permutation of the class ids: class c sits at node leaf_order^-1[c].
-    leaf_nodes = ancestors[-1]
-    leaf_order = np.empty(num_classes, dtype=np.int32)
-    leaf_order[leaf_nodes] = np.arange(num_classes, dtype=np.int32)
-    leaf_depths = np.asarray(hierarchy.leaf_depths, dtype=np.int32)
-    mask = np.asarray(hierarchy.level_mask, dtype=bool)
-    # Node heights (longest downward path to a leaf) for the lca_height cost.
-    heights = []
-    for level in range(depth):
-        deepest = np.zeros(sizes[level], dtype=np.int32)
-        np.maximum.at(deepest, ancestors[level], leaf_depths)
-        heights.append(deepest - (level + 1))
-    return {"ancestors": ancestors, "sizes": sizes, "parents": parents, "leaf_order": leaf_order,
-            "leaf_is_identity": bool(np.array_equal(leaf_nodes, np.arange(num_classes))),
-            "leaf_depths": leaf_depths, "mask": mask, "heights": heights, "root_height": int(depth)}
+def check_decoder_arguments(hierarchy, decoder="argmax", cost="path", backoff_threshold=None, top_k=None):
+    """Validates the decoder options; returns `(backoff_threshold, top_k)` normalised.
 
-
-def _cost_weights(hierarchy, cost):
-    """Weights of the factorised expected cost, one per node of every level.
-
-    E_j = bias[j] + e_coef * sum_i p_i d_i + sum_{l} weights[l][anc_l(j)] * P_l(anc_l(j)),
-    where copies of shallow leaves (levels below their depth) weigh 0. A weight
-    depends only on the node (and its parent), so the sum over levels is a
-    cumulative sum down the tree on node arrays, gathered to the classes once.
+    Raises:
+        ValueError / TypeError naming the bad argument.
     """
-    t = _tables(hierarchy)
-    depth = hierarchy.depth
-    real = []  # real[l][n]: node n of level l is on the path of its classes (not a copy)
-    for level in range(depth):
-        flags = np.zeros(t["sizes"][level], dtype=bool)
-        flags[t["ancestors"][level]] = t["mask"][:, level]
-        real.append(flags)
-    if cost == "path":
-        # t(i, j) = d_i + d_j - 2 lca_depth(i, j) and
-        # sum_i p_i lca_depth(i, j) = sum_{l < d_j} P_l(anc_l(j)).
-        weights = [np.where(flags, -2.0, 0.0).astype(np.float32) for flags in real]
-        return t["leaf_depths"].astype(np.float32), 1.0, weights
-    if cost == "lca_height":
-        # lca(i, j) is the deepest node of j's chain that holds i; along the chain
-        # root = a_{-1}, a_0, ..., a_{d_j - 1} = j the height only decreases, so
-        # sum_i p_i h(lca) = h(root) + sum_{l < d_j} (h(a_l) - h(a_{l-1})) P_l(a_l).
-        weights = []
-        for level in range(depth):
-            parent_height = (np.full(t["sizes"][0], t["root_height"]) if level == 0
-                             else t["heights"][level - 1][t["parents"][level]])
-            weights.append(np.where(real[level], t["heights"][level] - parent_height, 0).astype(np.float32))
-        bias = np.full(hierarchy.num_classes, t["root_height"], dtype=np.float32)
-        return bias, 0.0, weights
-    raise ValueError(f"unknown cost {cost!r}; use one of {COSTS}")
+    check_hierarchy(hierarchy)
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; use one of {DECODERS}")
+    if cost not in COSTS:
+        raise ValueError(f"unknown cost {cost!r}; use one of {COSTS}")
+    if backoff_threshold is not None:
+        if isinstance(backoff_threshold, bool) or not isinstance(backoff_threshold, (int, float, np.floating)) \
+                or not 0.0 < float(backoff_threshold) <= 1.0:
+            raise ValueError(f"backoff_threshold must be a float in (0, 1], got {backoff_threshold!r}")
+        backoff_threshold = float(backoff_threshold)
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k:
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        top_k = int(min(top_k, hierarchy.num_classes))
+    return backoff_threshold, top_k
 
 
-def _check_scores(scores, hierarchy, where):
-    shape = tuple(scores.shape)
-    if len(shape) != 2 or (shape[-1] is not None and shape[-1] != hierarchy.num_classes):
+# ---------------------------------------------------------------- the tables
+class _Reduction:
+    """One bottom-up step: rows with parent ids `ids` summed into `num_segments` rows."""
+
+    def __init__(self, ids, num_segments):
+        self.ids = np.asarray(ids, np.int32)
+        self.num_segments = int(num_segments)
+        self.order = np.argsort(self.ids, kind="stable").astype(np.int32)
+        self.sorted_ids = self.ids[self.order]
+        self.starts = np.searchsorted(self.sorted_ids, np.arange(self.num_segments)).astype(np.int64)
+        self.membership = None
+
+    def matrix(self):
+        """[rows, num_segments] 0/1 float32 membership matrix."""
+        if self.membership is None:
+            matrix = np.zeros((len(self.ids), self.num_segments), np.float32)
+            matrix[np.arange(len(self.ids)), self.ids] = 1.0
+            self.membership = matrix
+        return self.membership
+
+
+class DecoderTables:
+    """Everything the decoders need that depends on the tree alone (NumPy, built once).
+
+    Args:
+        hierarchy: the `keras_hier.Hierarchy`.
+        dense_limit: membership-matrix entries up to which marginals are
+            matmuls on [batch, nodes] arrays; above it, segment sums on
+            [nodes, batch] arrays (the layout of `marginals`).
+
+    Attributes (C classes, L = depth levels): `steps` (the reductions from
+    the classes up to level 0), `chain_cols` int32 [C, L] (column of each
+    chain node in the stacked marginals), `level_ids` int32 [C, L],
+    `chain_nodes` int32 [C, L + 1] (1 + `node_ids`, 0 = root: index into
+    `names`), `names` (root name then every node name), `class_names`,
+    `leaf_depths`.
+
+    Example:
+
+    >>> t = DecoderTables(Hierarchy.from_paths(["a/x", "a/y", "b/z"]))
+    >>> t.chain_cols.tolist(), t.dense
+    ([[0, 2], [0, 3], [1, 4]], True)
+    """
+
+    def __init__(self, hierarchy, dense_limit=DENSE_LIMIT):
+        check_hierarchy(hierarchy)
+        self.hierarchy = hierarchy
+        self.num_classes, self.depth = hierarchy.num_classes, hierarchy.depth
+        sizes = [int(s) for s in hierarchy.level_sizes]
+        ancestors = [np.asarray(hierarchy.ancestors(level), np.int32) for level in range(self.depth)]
+        self.ancestors = ancestors
+        self.steps = [] if self.depth == 1 else [_Reduction(ancestors[-2], sizes[-2])] + [
+            _Reduction(hierarchy.parents(level), sizes[level - 1]) for level in range(self.depth - 2, 0, -1)]
+        self.dense = sum(len(s.ids) * s.num_segments for s in self.steps) <= dense_limit
+        upper = np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.int32)  # columns of [P_0, .., P_{L-2}, p]
+        classes = np.arange(self.num_classes, dtype=np.int32)
+        self.chain_cols = np.stack([upper[level] + ancestors[level] for level in range(self.depth - 1)]
+                                   + [upper[-1] + classes], axis=1).astype(np.int32)
+        self.level_ids = np.stack(ancestors, axis=1).astype(np.int32)
+        node_ids = np.asarray(hierarchy.node_ids, np.int32)
+        self.chain_nodes = np.concatenate([np.zeros((self.num_classes, 1), np.int32), node_ids + 1], axis=1)
+        self.names = np.array([ROOT_NAME] + [n for level in range(self.depth) for n in hierarchy.level_names(level)],
+                              dtype=object)
+        self.class_names = np.array(list(hierarchy.classes), dtype=object)
+        self.leaf_depths = np.asarray(hierarchy.leaf_depths, np.int32)
+        self.leaf_order = np.argsort(ancestors[-1]).astype(np.int32)  # class-level node n holds class leaf_order[n]
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 (a table object lives as long as its hierarchy)
+    def cost_terms(self, cost):
+        """The negated, factorised expected cost of `cost` (see `expected_cost`).
+
+        Returns:
+            Dict: `bias` [1, C], `e_coef` (float), `leaf_weight` [1, C] and
+            `weights` (one per level above the classes, laid out for
+            `self.dense`), `spread` (dense: the transposed membership
+            matrices top-down) or `gathers` (segment: parent ids top-down).
+        """
+        check_distance_kind(cost, "cost")
+        h = self.hierarchy
+        mask = np.asarray(h.level_mask, bool)
+        real = []  # node n of level l is on the path of its classes (not a copy of a shallow leaf)
+        for level in range(self.depth):
+            flags = np.zeros(h.num_nodes(level), bool)
+            flags[self.ancestors[level]] = mask[:, level]
+            real.append(flags)
+        if cost == "path":
+            # t(i, j) = d_i + d_j - 2 lca_depth(i, j); sum_i p_i lca_depth(i, j) = sum_{l < d_j} P_l(anc_l(j)).
+            weights = [np.where(flags, -2.0, 0.0) for flags in real]
+            bias, e_coef = self.leaf_depths.astype(np.float64), 1.0
+        else:
+            # lca(i, j) is the deepest node of j's chain holding i; heights only decrease along the chain:
+            # sum_i p_i h(lca) = h(root) + sum_{l < d_j} (h(a_l) - h(a_{l-1})) P_l(a_l).
+            weights = []
+            for level in range(self.depth):
+                parent_height = np.full(h.num_nodes(0), self.depth) if level == 0 \
+                    else np.asarray(h.node_heights(level - 1))[h.parents(level)]
+                weights.append(np.where(real[level], np.asarray(h.node_heights(level)) - parent_height, 0.0))
+            bias, e_coef = np.full(self.num_classes, self.depth, np.float64), 0.0
+        negated = [(-w).astype(np.float32) for w in weights]
+        terms = {"bias": (-bias).astype(np.float32)[None, :], "e_coef": e_coef,
+                 "leaf_weight": negated[-1][self.ancestors[-1]][None, :]}
+        if self.dense:
+            terms["weights"] = [w[None, :] for w in negated[:-1]]
+            terms["spread"] = [step.matrix().T.copy() for step in self.steps[::-1]]
+        else:
+            terms["weights"] = [w[:, None] for w in negated[:-1]]
+            terms["gathers"] = [step.ids for step in self.steps[::-1]]
+        return terms
+
+
+@functools.lru_cache(maxsize=16)
+def decoder_tables(hierarchy):
+    """`DecoderTables(hierarchy)`, cached per hierarchy (it is immutable)."""
+    return DecoderTables(hierarchy)
+
+
+# ------------------------------------------------------------ the primitives
+class _NumpyOps:
+    """The array primitives of the decoders, in NumPy (float32)."""
+
+    @staticmethod
+    def softmax(x):
+        x = np.asarray(x, np.float32)
+        e = np.exp(x - x.max(axis=-1, keepdims=True)) if x.size else x
+        return e / e.sum(axis=-1, keepdims=True) if x.size else x
+
+    float32 = staticmethod(lambda x: np.asarray(x, np.float32))
+    matmul = staticmethod(np.matmul)
+    transpose = staticmethod(np.transpose)
+    take = staticmethod(lambda table, ids: np.asarray(table)[ids])
+    take_rows = staticmethod(lambda x, ids: np.take_along_axis(x, ids, axis=1))
+    take_node_major = staticmethod(lambda x, ids: x[ids, np.arange(ids.shape[0])[:, None]])
+    concat = staticmethod(lambda xs, axis: np.concatenate(xs, axis=axis))
+    argmax = staticmethod(lambda x: np.argmax(x, axis=-1).astype(np.int32))
+    minimum = staticmethod(np.minimum)
+
+    @staticmethod
+    def segment_sum(x, step):
+        """Rows of `x` summed per parent (`step`, a reduction with non-empty segments)."""
+        if not len(x[0:0].reshape(-1)) and x.shape[1:] and not x.shape[1]:
+            return np.zeros((step.num_segments,) + x.shape[1:], x.dtype)
+        return np.add.reduceat(x[step.order], step.starts, axis=0)
+
+    @staticmethod
+    def top_k(x, k):
+        """(values, int32 ids) of the k largest per row; ties: lower index first (as tf.math.top_k)."""
+        if x.shape[-1] <= 4096 or x.shape[0] == 0:
+            ids = np.argsort(-x, axis=1, kind="stable")[:, :k]
+        else:
+            part = np.argpartition(-x, k - 1, axis=1)[:, :k]
+            order = np.lexsort((part, -np.take_along_axis(x, part, axis=1)), axis=1)
+            ids = np.take_along_axis(part, order, axis=1)
+        return np.take_along_axis(x, ids, axis=1), ids.astype(np.int32)
+
+    @staticmethod
+    def count_at_least(x, threshold):
+        return np.sum(x >= threshold, axis=1).astype(np.int32)
+
+    @staticmethod
+    def pad_ones_left(x):
+        return np.concatenate([np.ones((x.shape[0], 1), x.dtype), x], axis=1)
+
+
+NUMPY_OPS = _NumpyOps()
+
+
+# --------------------------------------------------------- the decoders (once)
+def marginals(p, tables, ops):
+    """[P_0, ..., P_{L-2}]: node marginals of the levels above the classes, summed bottom-up.
+
+    Batch-major [B, n_l] when `tables.dense`, else node-major [n_l, B].
+    """
+    levels = []
+    current = p if tables.dense else ops.transpose(p)
+    for step in tables.steps:
+        current = ops.matmul(current, step.matrix()) if tables.dense else ops.segment_sum(current, step)
+        levels.append(current)
+    return levels[::-1]
+
+
+def negated_cost(p, levels, tables, cost, ops):
+    """[B, C]: -(expected cost - e_coef * E[depth]), the ranking of the `expected_cost` decoder."""
+    terms = tables.cost_terms(cost)
+    if tables.depth == 1:
+        return p * terms["leaf_weight"] + terms["bias"]
+    weights = terms["weights"]
+    running = levels[0] * weights[0]
+    if tables.dense:
+        for level in range(1, tables.depth - 1):
+            running = ops.matmul(running, terms["spread"][level - 1]) + levels[level] * weights[level]
+        running = ops.matmul(running, terms["spread"][-1])
+    else:
+        for level in range(1, tables.depth - 1):
+            running = ops.take(running, terms["gathers"][level - 1]) + levels[level] * weights[level]
+        running = ops.transpose(ops.take(running, terms["gathers"][-1]))
+    return running + p * terms["leaf_weight"] + terms["bias"]
+
+
+def chain_scores(p, levels, class_ids, scores, tables, ops):
+    """[B, L]: marginals of the chosen classes' ancestors, level 0 first (the class's own score last)."""
+    if tables.dense:
+        stacked = ops.concat(list(levels) + [p], axis=1)
+        return ops.take_rows(stacked, ops.take(tables.chain_cols, class_ids))
+    if not levels:
+        return scores[:, None]
+    upper = ops.concat(list(levels), axis=0)
+    above = ops.take_node_major(upper, ops.take(tables.chain_cols[:, :-1], class_ids))
+    return ops.concat([above, scores[:, None]], axis=1)
+
+
+def backoff(level_scores, class_ids, threshold, tables, ops):
+    """The deepest chain node reaching `threshold`: (level (-1 = root), node (+1, 0 = root), score).
+
+    The chain's marginals never increase going down, so the levels reaching
+    the threshold are a prefix; copies below a shallow leaf are cut at its depth.
+    """
+    count = ops.minimum(ops.count_at_least(level_scores, threshold), ops.take(tables.leaf_depths, class_ids))
+    where = count[:, None]
+    score = ops.take_rows(ops.pad_ones_left(level_scores), where)[:, 0]
+    node = ops.take_rows(ops.take(tables.chain_nodes, class_ids), where)[:, 0]
+    return count - 1, node, score
+
+
+def rank(p, levels, tables, decoder, cost, top_k, ops):
+    """(class_ids, scores, top_k_ids or None, top_k_scores or None) of a decoder."""
+    ranking = p if decoder == "argmax" else negated_cost(p, levels, tables, cost, ops)
+    if top_k is None:
+        class_ids = ops.argmax(ranking)
+        return class_ids, ops.take_rows(p, class_ids[:, None])[:, 0], None, None
+    values, top_ids = ops.top_k(ranking, top_k)
+    top_scores = values if decoder == "argmax" else ops.take_rows(p, top_ids)
+    return top_ids[:, 0], top_scores[:, 0], top_ids, top_scores
+
+
+def decode_probabilities(p, tables, ops=NUMPY_OPS, *, decoder="argmax", cost="path", backoff_threshold=None,
+                         top_k=None, names=False):
+    """The decoders on class probabilities [B, C], with `ops` (NumPy, TensorFlow, ...).
+
+    Arguments are assumed checked (`check_decoder_arguments`).
+
+    Returns:
+        Dict as `decode` (without `probabilities`); with `names`, also
+        `classes` [B], `level_names` [B, L], `top_k_classes` [B, k] and
+        `prediction` [B] (node names; `ROOT_NAME` for the root).
+    """
+    levels = marginals(p, tables, ops)
+    class_ids, scores, top_ids, top_scores = rank(p, levels, tables, decoder, cost, top_k, ops)
+    level_scores = chain_scores(p, levels, class_ids, scores, tables, ops)
+    out = {"class_ids": class_ids, "scores": scores, "level_ids": ops.take(tables.level_ids, class_ids),
+           "level_scores": level_scores}
+    if top_ids is not None:
+        out.update(top_k_ids=top_ids, top_k_scores=top_scores)
+    if backoff_threshold is not None:
+        level, node, score = backoff(level_scores, class_ids, backoff_threshold, tables, ops)
+        out.update(prediction_level=level, prediction_node=node - 1, prediction_score=score)
+        if names:
+            out["prediction"] = ops.take(tables.names, node)
+    if names:
+        out["classes"] = ops.take(tables.class_names, class_ids)
+        out["level_names"] = ops.take(tables.names, ops.take(tables.chain_nodes[:, 1:], class_ids))
+        if top_ids is not None:
+            out["top_k_classes"] = ops.take(tables.class_names, top_ids)
+    return out
+
+
+# ------------------------------------------------------------ the public API
+def _probabilities(scores, hierarchy, from_logits, where):
+    probability = tensor_is_probability(scores)
+    scores = np.asarray(scores, dtype=np.float32)
+    shape = scores.shape
+    if len(shape) != 2 or shape[-1] != hierarchy.num_classes:
         raise ValueError(f"{where}: expected scores of shape [batch, {hierarchy.num_classes}] "
                          f"(one column per class of the hierarchy), got shape {shape}")
+    if from_logits is None:
+        from_logits = not probability
+    return NUMPY_OPS.softmax(scores) if from_logits else scores
 
 
 def level_marginals(probabilities, hierarchy):
-    """Probability of every node, one tensor per level (summed bottom-up).
+    """Probability of every node, one array per level (summed bottom-up).
 
     Level `depth - 1` is the class level (node order of
-    `hierarchy.ancestors(-1)`); level l is the segment sum of level l + 1 over
-    the parent links. Because each parent adds up its children's values (all
-    non-negative), a parent's marginal is never below a child's, even in
-    float32.
+    `hierarchy.ancestors(-1)`); level l sums level l + 1 over the parent
+    links, so a parent's marginal is never below a child's, even in float32.
 
     Args:
         probabilities: [B, C] class probabilities.
         hierarchy: `keras_hier.Hierarchy` with C classes.
 
     Returns:
-        List of `depth` float32 tensors, [B, num_nodes(l)] each.
+        List of `depth` float32 arrays, [B, num_nodes(l)] each.
 
     Example:
 
@@ -131,23 +373,16 @@ def level_marginals(probabilities, hierarchy):
     [[[0.5, 0.5]], [[0.2, 0.3, 0.5]]]
     """
     check_hierarchy(hierarchy)
-    probabilities = ops.cast(ops.convert_to_tensor(probabilities), "float32")
-    _check_scores(probabilities, hierarchy, "level_marginals")
-    t = _tables(hierarchy)
-    leaf_level = probabilities if t["leaf_is_identity"] else ops.take(probabilities, t["leaf_order"], axis=1)
-    current = ops.transpose(leaf_level)  # [nodes, B]: segment sums reduce axis 0
-    levels = [current]
-    for level in range(hierarchy.depth - 1, 0, -1):
-        current = ops.segment_sum(current, t["parents"][level], num_segments=t["sizes"][level - 1])
-        levels.append(current)
-    return [ops.transpose(m) for m in reversed(levels)]
+    p = _probabilities(probabilities, hierarchy, False, "level_marginals")
+    tables = decoder_tables(hierarchy)
+    levels = marginals(p, tables, NUMPY_OPS)
+    if not tables.dense:
+        levels = [m.T for m in levels]
+    return [np.ascontiguousarray(m) for m in levels] + [p[:, tables.leaf_order]]
 
 
 def node_marginals(probabilities, hierarchy):
     """Probability of every node of every level, indexed by `hierarchy.node_ids`.
-
-    Same values (up to float rounding) as `keras_hier.ops.node_sums`, but summed
-    bottom-up so that parent >= child holds exactly.
 
     Args:
         probabilities: [B, C] class probabilities (e.g. `softmax(logits)`).
@@ -163,10 +398,10 @@ def node_marginals(probabilities, hierarchy):
     >>> np.asarray(node_marginals(np.array([[0.2, 0.3, 0.5]]), h), "float64").round(3).tolist()
     [[0.5, 0.5, 0.2, 0.3, 0.5]]
     """
-    return ops.concatenate(level_marginals(probabilities, hierarchy), axis=1)
+    return np.concatenate(level_marginals(probabilities, hierarchy), axis=1)
 
 
-def expected_cost(probabilities, hierarchy, cost="path", levels=None):
+def expected_cost(probabilities, hierarchy, cost="path"):
     """Expected tree cost of predicting each class: E_j = sum_i cost(i, j) p_i.
 
     Factorised per level, O(B * C * depth), no [C, C] matrix:
@@ -180,7 +415,6 @@ def expected_cost(probabilities, hierarchy, cost="path", levels=None):
         probabilities: [B, C] class probabilities.
         hierarchy: `keras_hier.Hierarchy`.
         cost: `"path"` or `"lca_height"` (`Hierarchy.distance_matrix` kinds).
-        levels: optional output of `level_marginals` (to avoid recomputing it).
 
     Returns:
         float32 [B, C] expected costs.
@@ -194,39 +428,28 @@ def expected_cost(probabilities, hierarchy, cost="path", levels=None):
     check_hierarchy(hierarchy)
     if cost not in COSTS:
         raise ValueError(f"unknown cost {cost!r}; use one of {COSTS}")
-    probabilities = ops.cast(ops.convert_to_tensor(probabilities), "float32")
-    _check_scores(probabilities, hierarchy, "expected_cost")
-    if levels is None:
-        levels = level_marginals(probabilities, hierarchy)
-    bias, e_coef, weights = _cost_weights(hierarchy, cost)
-    t = _tables(hierarchy)
-    running = levels[0] * ops.convert_to_tensor(weights[0])
-    for level in range(1, hierarchy.depth):
-        running = ops.take(running, t["parents"][level], axis=1) + levels[level] * ops.convert_to_tensor(weights[level])
-    total = _to_class_order(running, t) + ops.expand_dims(ops.convert_to_tensor(bias), 0)
-    if e_coef:
-        depths = ops.convert_to_tensor(t["leaf_depths"].astype(np.float32))
-        total = total + e_coef * ops.sum(probabilities * depths, axis=1, keepdims=True)
-    return total
+    p = _probabilities(probabilities, hierarchy, False, "expected_cost")
+    tables = decoder_tables(hierarchy)
+    ranking = negated_cost(p, marginals(p, tables, NUMPY_OPS), tables, cost, NUMPY_OPS)
+    e_coef = tables.cost_terms(cost)["e_coef"]
+    return (-ranking + e_coef * (p @ tables.leaf_depths.astype(np.float32))[:, None]).astype(np.float32)
 
 
-def _to_class_order(leaf_level, t):
-    """[B, C] class-level node values -> class-id order (the identity for the usual numbering)."""
-    if t["leaf_is_identity"]:
-        return leaf_level
-    return ops.take(leaf_level, t["ancestors"][-1], axis=1)
-
-
-def decode(scores, hierarchy, decoder="argmax", *, from_logits=True, cost="path", backoff_threshold=None,
+def decode(scores, hierarchy, decoder="argmax", *, from_logits=None, cost="path", backoff_threshold=None,
            top_k=None):
-    """Hierarchy-consistent predictions from class scores.
+    """Hierarchy-consistent predictions from class scores (NumPy).
+
+    The exported SavedModel runs the same functions (`decode_probabilities`)
+    with TensorFlow ops.
 
     Args:
-        scores: [B, C] logits (`from_logits=True`) or probabilities.
+        scores: [B, C] logits or probabilities (array or eager tensor).
         hierarchy: `keras_hier.Hierarchy` with C classes.
         decoder: `"argmax"` (most probable class) or `"expected_cost"` (the
             class with the smallest expected tree cost, see `expected_cost`).
-        from_logits: whether `scores` are logits (softmax applied here).
+        from_logits: True (logits: softmax applied here), False
+            (probabilities) or None (default: probabilities when `scores`
+            carries Keras' softmax mark, else logits; see `keras_hier.outputs`).
         cost: tree cost of the `expected_cost` decoder (`"path"` or
             `"lca_height"`).
         backoff_threshold: optional float in (0, 1]; adds the back-off outputs.
@@ -235,7 +458,7 @@ def decode(scores, hierarchy, decoder="argmax", *, from_logits=True, cost="path"
             for `expected_cost`.
 
     Returns:
-        Dict of tensors:
+        Dict of NumPy arrays:
         - `class_ids` int32 [B]; `scores` float32 [B] (probability of that class);
         - `level_ids` int32 [B, depth]: the class's ancestor id at every level
           (`hierarchy.ancestors(l)[class_ids]`), `level_scores` float32
@@ -256,59 +479,9 @@ def decode(scores, hierarchy, decoder="argmax", *, from_logits=True, cost="path"
     >>> int(out["class_ids"][0]), int(out["prediction_level"][0])
     (2, -1)
     """
-    check_hierarchy(hierarchy)
-    if decoder not in DECODERS:
-        raise ValueError(f"unknown decoder {decoder!r}; use one of {DECODERS}")
-    if cost not in COSTS:
-        raise ValueError(f"unknown cost {cost!r}; use one of {COSTS}")
-    if backoff_threshold is not None:
-        if isinstance(backoff_threshold, bool) or not isinstance(backoff_threshold, (int, float, np.floating)) \
-                or not 0.0 < float(backoff_threshold) <= 1.0:
-            raise ValueError(f"backoff_threshold must be a float in (0, 1], got {backoff_threshold!r}")
-    if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k:
-            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-        top_k = int(min(top_k, hierarchy.num_classes))
-    scores = ops.cast(ops.convert_to_tensor(scores), "float32")
-    _check_scores(scores, hierarchy, "decode")
-    probabilities = ops.softmax(scores, axis=-1) if from_logits else scores
-    levels = level_marginals(probabilities, hierarchy)
-    t = _tables(hierarchy)
-
-    if decoder == "argmax":
-        ranking = probabilities
-    else:
-        ranking = -expected_cost(probabilities, hierarchy, cost=cost, levels=levels)
-    class_ids = ops.cast(ops.argmax(ranking, axis=-1), "int32")
-    out = {"class_ids": class_ids, "probabilities": probabilities,
-           "scores": ops.take_along_axis(probabilities, ops.expand_dims(class_ids, 1), axis=1)[:, 0]}
-    level_ids, level_scores = [], []
-    for level in range(hierarchy.depth):
-        ids = ops.take(ops.convert_to_tensor(t["ancestors"][level]), class_ids, axis=0)
-        level_ids.append(ids)
-        level_scores.append(ops.take_along_axis(levels[level], ops.expand_dims(ids, 1), axis=1)[:, 0])
-    out["level_ids"] = ops.stack(level_ids, axis=1)
-    out["level_scores"] = ops.stack(level_scores, axis=1)
-
-    if top_k is not None:
-        _, top_ids = ops.top_k(ranking, k=top_k)
-        top_ids = ops.cast(top_ids, "int32")
-        out["top_k_ids"] = top_ids
-        out["top_k_scores"] = ops.take_along_axis(probabilities, top_ids, axis=1)
-
-    if backoff_threshold is not None:
-        real = ops.take(ops.convert_to_tensor(t["mask"]), class_ids, axis=0)  # [B, depth]
-        reaches = ops.logical_and(real, out["level_scores"] >= float(backoff_threshold))
-        level_index = ops.convert_to_tensor(np.arange(hierarchy.depth, dtype=np.int32))
-        chosen = ops.max(ops.where(reaches, level_index[None, :], -1), axis=1)
-        chosen = ops.cast(chosen, "int32")
-        safe = ops.maximum(chosen, 0)
-        offsets = ops.convert_to_tensor(np.concatenate([[0], np.cumsum(t["sizes"])[:-1]]).astype(np.int32))
-        node = ops.take_along_axis(out["level_ids"], ops.expand_dims(safe, 1), axis=1)[:, 0] \
-            + ops.take(offsets, safe, axis=0)
-        score = ops.take_along_axis(out["level_scores"], ops.expand_dims(safe, 1), axis=1)[:, 0]
-        at_root = chosen < 0
-        out["prediction_level"] = chosen
-        out["prediction_node"] = ops.where(at_root, -1, node)
-        out["prediction_score"] = ops.where(at_root, 1.0, score)
+    backoff_threshold, top_k = check_decoder_arguments(hierarchy, decoder, cost, backoff_threshold, top_k)
+    p = _probabilities(scores, hierarchy, from_logits, "decode")
+    out = decode_probabilities(p, decoder_tables(hierarchy), NUMPY_OPS, decoder=decoder, cost=cost,
+                               backoff_threshold=backoff_threshold, top_k=top_k)
+    out["probabilities"] = p
     return out

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keras_hier import decoding, ops
+from keras_hier.serving_graph import TENSORFLOW_OPS
 from keras_hier.hierarchy import Hierarchy
 
 
@@ -145,16 +146,41 @@ def test_top_k_ranking_follows_the_decoder():
     np.testing.assert_allclose(ranked[:, 0], dense.min(axis=1), atol=1e-5)
 
 
-def test_logits_and_probabilities_agree_and_trace_into_tf_function():
+def test_logits_and_probabilities_agree_and_the_tensorflow_ops_give_the_same_answers():
     h = RAGGED
     logits = np.random.default_rng(0).normal(size=(5, h.num_classes)).astype(np.float32) * 3
     eager = decoding.decode(logits, h, "expected_cost", backoff_threshold=0.5, top_k=3)
     probs = tf.nn.softmax(logits).numpy()
     from_probs = decoding.decode(probs, h, "expected_cost", from_logits=False, backoff_threshold=0.5, top_k=3)
-    traced = tf.function(lambda x: decoding.decode(x, h, "expected_cost", backoff_threshold=0.5, top_k=3))(logits)
-    for key in eager:
+    tables = decoding.DecoderTables(h)
+    traced = tf.function(lambda p: decoding.decode_probabilities(
+        p, tables, TENSORFLOW_OPS, decoder="expected_cost", backoff_threshold=0.5, top_k=3), autograph=False)(probs)
+    for key in traced:
         np.testing.assert_allclose(np.asarray(eager[key]), np.asarray(from_probs[key]), atol=1e-6)
         np.testing.assert_allclose(np.asarray(eager[key]), traced[key].numpy(), atol=1e-6)
+
+
+def test_softmax_marked_scores_are_taken_as_probabilities():
+    import keras
+
+    h = RAGGED
+    p = probabilities(2, 4, h.num_classes)
+    marked = keras.activations.softmax(tf.math.log(tf.constant(p)))
+    assert hasattr(marked, "_keras_logits")
+    out = decoding.decode(marked, h)  # from_logits=None: the mark says probabilities
+    np.testing.assert_allclose(out["probabilities"], p, rtol=1e-5)
+    np.testing.assert_allclose(decoding.decode(np.log(p), h)["probabilities"], p, rtol=1e-5)
+
+
+def test_empty_batch_and_wide_top_k():
+    h = RAGGED
+    out = decoding.decode(np.zeros((0, h.num_classes)), h, "expected_cost", backoff_threshold=0.5, top_k=2)
+    assert out["class_ids"].shape == (0,) and out["top_k_ids"].shape == (0, 2) and out["level_scores"].shape == (0, h.depth)
+    x = np.random.default_rng(1).normal(size=(7, 6000)).astype(np.float32)
+    values, ids = decoding.NUMPY_OPS.top_k(x, 5)  # argpartition path
+    want_values, want_ids = tf.math.top_k(x, 5)
+    np.testing.assert_array_equal(ids, want_ids.numpy())
+    np.testing.assert_array_equal(values, want_values.numpy())
 
 
 def test_uniform_tree_costs_relate():
