@@ -11,18 +11,43 @@ O(block * N + N * K) instead of the O(N^2) of the full-matrix formulation
 NumPy only; importing this module does not import TensorFlow.
 """
 
+import warnings
+
 import numpy as np
 
+from keras_hier.geometry import normalize_rows, tree_to_chordal
+from keras_hier.labels import class_ids
+from keras_hier.tree_counts import check_distance_kind, distance_histogram, pair_distances
+
 DEFAULT_KS = (1, 5, 10, 50, 100, 250)
+HS_FORMS = ("chordal", "arccos")
+
+
+def hs_similarity(t, beta=1.0, form="chordal"):
+    """Class similarity of HS@k from tree distances t (elementwise, float64).
+
+    `"chordal"`: sigma = 1 - T(t)^2 / 2 with T(t) = sqrt(2) t / (beta + t)
+    (`keras_hier.geometry.tree_to_chordal`): the cosine two unit vectors at
+    chordal distance T would have. `"arccos"`: sigma = cos(pi/2 * t / (beta + t)).
+    Both are 1 at t = 0 and decrease towards 0 with t.
+
+    Example:
+
+    >>> round(float(hs_similarity(2.0)), 6)
+    0.111111
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta!r}")
+    t = np.asarray(t, dtype=np.float64)
+    if form == "chordal":
+        return 1.0 - tree_to_chordal(t, beta) ** 2 / 2.0
+    if form == "arccos":
+        return np.cos(np.pi / 2.0 * t / (beta + t))
+    raise ValueError(f"form must be one of {HS_FORMS}, got {form!r}")
 
 
 def tree_similarity_for_hs(hierarchy, beta=1.0, distance="path", form="chordal"):
-    """Class similarity used by HS@k: sigma = 1 - T(t)^2 / 2 (float64 [C, C]).
-
-    T(t) = sqrt(2) * t / (beta + t) maps the tree distance t onto a chordal
-    distance of the unit sphere (0 for the same class, towards sqrt(2) far
-    away), so sigma is the cosine two unit vectors at that distance would
-    have. `form="arccos"` uses the angle instead: sigma = cos(pi/2 * t / (beta + t)).
+    """The C x C matrix of `hs_similarity` (small C only; `retrieval` never builds it).
 
     Args:
         hierarchy: a `keras_hier.Hierarchy`.
@@ -33,23 +58,10 @@ def tree_similarity_for_hs(hierarchy, beta=1.0, distance="path", form="chordal")
     Returns:
         float64 [C, C] matrix with ones on the diagonal.
     """
-    if beta <= 0:
-        raise ValueError(f"beta must be > 0, got {beta!r}")
-    t = np.asarray(hierarchy.distance_matrix(distance), dtype=np.float64)
-    ratio = t / (beta + t)
-    if form == "chordal":
-        return 1.0 - (np.sqrt(2.0) * ratio) ** 2 / 2.0
-    if form == "arccos":
-        return np.cos(np.pi / 2.0 * ratio)
-    raise ValueError(f"form must be 'chordal' or 'arccos', got {form!r}")
+    return hs_similarity(hierarchy.distance_matrix(distance), beta, form)
 
 
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz
-
-
-def _normalize_rows(x):
-    norms = np.sqrt(np.maximum(np.sum(x * x, axis=1, keepdims=True), 1e-12))
-    return x / norms
 
 
 def _neighbour_blocks(x, k, block_size):
@@ -93,7 +105,7 @@ def top_k_neighbours(embeddings, k, block_size=256, dtype=np.float64):
     >>> top_k_neighbours(np.array([[1., 0.], [1., .1], [0., 1.]]), 1).ravel().tolist()
     [1, 0, 1]
     """
-    x = _normalize_rows(np.asarray(embeddings, dtype=dtype))
+    x = normalize_rows(embeddings).astype(dtype)
     n = x.shape[0]
     if not 1 <= k <= n - 1:
         raise ValueError(f"k must be in 1..N-1 = {n - 1}, got {k}")
@@ -103,23 +115,90 @@ def top_k_neighbours(embeddings, k, block_size=256, dtype=np.float64):
     return out
 
 
-def _ideal_cumsum(sigma, counts, k):
-    """Best possible sum of sigma over k retrieved items, per query class.
+class _IdealHS:
+    """Best possible and random-ranking HS sums per query class, from sample-count histograms.
 
-    Class y's query sees counts[c] items of every class c (counts[y] - 1 of its
-    own); the best ranking lists them by decreasing sigma[y, c].
+    A query of class y sees counts[c] samples of every class c (counts[y] - 1
+    of its own). The best ranking lists them by increasing tree distance, so
+    the best sum over k items only needs how many samples lie at each
+    distance from y (`distance_histogram` with sample counts as weights):
+    no C x C matrix.
     """
-    num_classes = sigma.shape[0]
-    ideal = np.full((num_classes, k), np.nan)
-    for y in range(num_classes):
-        if counts[y] == 0:
-            continue
-        available = counts.copy()
-        available[y] -= 1
-        order = np.argsort(-sigma[y], kind="stable")
-        values = np.repeat(sigma[y, order], available[order])[:k]
-        ideal[y, : len(values)] = np.cumsum(values)
-    return ideal
+
+    def __init__(self, hierarchy, labels, k, beta, distance, form):
+        counts = np.bincount(labels, minlength=hierarchy.num_classes)
+        self.present = np.flatnonzero(counts)
+        hist = distance_histogram(hierarchy, self.present, weights=counts, kind=distance)
+        hist[:, 0] -= 1  # the query itself is not retrieved
+        sigma = hs_similarity(np.arange(hist.shape[1]), beta, form)
+        self.row = np.full(hierarchy.num_classes, -1)
+        self.row[self.present] = np.arange(self.present.size)
+        self.cum_count = np.cumsum(hist, axis=1)
+        self.cum_gain = np.cumsum(hist * sigma, axis=1)
+        self.sigma = sigma
+        self.mean_sigma = self.cum_gain[:, -1] / max(labels.size - 1, 1)
+        self.positions = np.arange(1, k + 1, dtype=np.float64)
+
+    def cumsum(self, y):
+        """Best possible sum of sigma over the first 1..k items, [len(y), k]."""
+        r = self.row[y]
+        cum_count = self.cum_count[r]
+        bins = (cum_count[:, None, :] < self.positions[None, :, None] - 1e-9).sum(axis=2)  # bin of the p-th item
+        pad = np.zeros((r.size, 1))
+        count_before = np.take_along_axis(np.hstack([pad, cum_count]), bins, axis=1)
+        gain_before = np.take_along_axis(np.hstack([pad, self.cum_gain[r]]), bins, axis=1)
+        return gain_before + (self.positions[None, :] - count_before) * self.sigma[np.minimum(bins, self.sigma.size - 1)]
+
+    def random(self, y):
+        """Expected sum of sigma over the first 1..k items of a random ranking, [len(y), k]."""
+        return self.mean_sigma[self.row[y]][:, None] * self.positions[None, :]
+
+
+def _check_inputs(embeddings, labels, hierarchy, ks):
+    """Validated (x, y, ks) or a ValueError/TypeError naming the argument."""
+    x = np.asarray(embeddings)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be [N, D], got shape {x.shape}")
+    if np.ndim(labels) != 1 or np.shape(labels)[0] != x.shape[0]:
+        raise ValueError(f"labels must be [N] with N = {x.shape[0]} (embeddings), got shape {np.shape(labels)}")
+    y = class_ids(labels, hierarchy.num_classes, source="retrieval labels", num_samples=x.shape[0])
+    if not np.all(np.isfinite(x)):
+        bad = np.flatnonzero(~np.all(np.isfinite(x), axis=1))
+        raise ValueError(f"embeddings contain NaN/inf in {bad.size} rows (first: row {bad[0]})")
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"retrieval needs at least 2 embeddings, got {n}")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    if ks[-1] > n - 1:
+        raise ValueError(f"k = {ks[-1]} is larger than the N - 1 = {n - 1} other embeddings")
+    return x, y, ks
+
+
+class _RetrievalSums:
+    """Running sums over query blocks: HS@k (and its random reference), Recall@k hits, MAP@R."""
+
+    def __init__(self, hs_k, ks, k_all):
+        self.hs_sum, self.random_sum, self.hs_count = np.zeros(hs_k), np.zeros(hs_k), np.zeros(hs_k)
+        self.ks, self.hits, self.ap_sum = ks, np.zeros(len(ks)), 0.0
+        self.positions = np.arange(1, k_all + 1)
+
+    def add_hs(self, gained, ideal, random):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            hs, rnd = gained / ideal, random / ideal
+        valid = np.isfinite(hs)
+        self.hs_sum += np.where(valid, hs, 0.0).sum(axis=0)
+        self.random_sum += np.where(valid, rnd, 0.0).sum(axis=0)
+        self.hs_count += valid.sum(axis=0)
+
+    def add_ranks(self, same, r):
+        """same: [q, K] relevance of the ranked results of queries with r > 0 positives."""
+        for i, k in enumerate(self.ks):
+            self.hits[i] += np.sum(np.any(same[:, :k], axis=1))
+        precision = np.cumsum(same, axis=1) / self.positions
+        within = self.positions[None, :] <= r[:, None]
+        self.ap_sum += float(np.sum(np.sum(precision * (same & within), axis=1) / r))
 
 
 def retrieval(embeddings, labels, hierarchy, ks=DEFAULT_KS, hs_max_k=250, beta=1.0,
@@ -128,8 +207,10 @@ def retrieval(embeddings, labels, hierarchy, ks=DEFAULT_KS, hs_max_k=250, beta=1
 
     Every embedding queries the other N - 1 by cosine similarity.
     - HS@k: sum of sigma(y_q, y_r) over the first k results, divided by the
-      best possible sum for that query (sigma from `tree_similarity_for_hs`);
-      averaged over queries. `hs_curve[k - 1]` = HS@k for k = 1..hs_max_k.
+      best possible sum for that query (sigma from `hs_similarity`);
+      averaged over queries. `hs_curve[k - 1]` = HS@k for k = 1..hs_max_k;
+      `hs_curve_random` = the expected HS@k of a random ranking (the ideal
+      ranking is 1 everywhere).
     - AHS@hs_max_k: normalised area under the HS@k curve (trapezoid rule
       over k = 1..hs_max_k, x-axis scaled to [0, 1]), as in the reference.
     - Recall@k: fraction of queries with at least one same-class result among
@@ -137,7 +218,10 @@ def retrieval(embeddings, labels, hierarchy, ks=DEFAULT_KS, hs_max_k=250, beta=1
     - MAP@R: R = number of other samples of the query's class; mean over
       i <= R of precision@i at the relevant positions, divided by R.
     Queries whose class has no other sample (R = 0) are left out of Recall@k
-    and MAP@R and counted in `queries_without_positives`.
+    and MAP@R and counted in `queries_without_positives`; when every query
+    is such, those measures are NaN and `notes` says why.
+    Memory: O(block_size * N + N * K); tree distances of the retrieved
+    (query, result) label pairs only, no C x C matrix.
 
     Args:
         embeddings: [N, D] float array (any scale; normalised here).
@@ -147,13 +231,13 @@ def retrieval(embeddings, labels, hierarchy, ks=DEFAULT_KS, hs_max_k=250, beta=1
         hs_max_k: length of the HS@k curve (AHS@hs_max_k); capped at N - 1.
         beta: constant of the distance transform T.
         distance: tree distance kind, `"path"` or `"lca_height"`.
-        form: `"chordal"` or `"arccos"` (see `tree_similarity_for_hs`).
+        form: `"chordal"` or `"arccos"` (see `hs_similarity`).
         block_size: query rows processed at once (memory ~ 8 * block * N bytes).
         dtype: float type of the similarity computation.
 
     Returns:
-        A dict: `hs_at_k` ({k: value}), `hs_curve`, `ahs` and `ahs_k`
-        (`ahs_250` too when hs_max_k = 250), `recall_at_k` ({k: value}),
+        A dict: `hs_at_k` ({k: value}), `hs_curve`, `hs_curve_random`, `ahs` and
+        `ahs_k` (`ahs_250` too when hs_max_k = 250), `recall_at_k` ({k: value}),
         `map_at_r`, `queries_without_positives`, `classes_absent`,
         `num_queries`, `distance`.
 
@@ -166,87 +250,53 @@ def retrieval(embeddings, labels, hierarchy, ks=DEFAULT_KS, hs_max_k=250, beta=1
     >>> r["recall_at_k"][1]
     1.0
     """
-    x = np.asarray(embeddings)
-    y = np.asarray(labels)
-    num_classes = hierarchy.num_classes
-    if x.ndim != 2:
-        raise ValueError(f"embeddings must be [N, D], got shape {x.shape}")
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"labels must be [N] with N = {x.shape[0]} (embeddings), got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise TypeError(f"labels must be integer class ids, got dtype {y.dtype}")
-    if not np.all(np.isfinite(x)):
-        bad = np.flatnonzero(~np.all(np.isfinite(x), axis=1))
-        raise ValueError(f"embeddings contain NaN/inf in {bad.size} rows (first: row {bad[0]})")
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"labels must be in 0..{num_classes - 1}; got values {y.min()}..{y.max()}")
+    check_distance_kind(distance)
+    hs_similarity(0.0, beta, form)  # checks beta and form
+    x, y, ks = _check_inputs(embeddings, labels, hierarchy, ks)
     n = x.shape[0]
-    if n < 2:
-        raise ValueError(f"retrieval needs at least 2 embeddings, got {n}")
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
-    if ks[-1] > n - 1:
-        raise ValueError(f"k = {ks[-1]} is larger than the N - 1 = {n - 1} other embeddings")
     hs_k = min(int(hs_max_k), n - 1)
-
-    counts = np.bincount(y, minlength=num_classes)
+    counts = np.bincount(y, minlength=hierarchy.num_classes)
     r = counts[y] - 1  # relevant items per query
     k_all = int(min(n - 1, max(hs_k, ks[-1], r.max())))
-    sigma = tree_similarity_for_hs(hierarchy, beta=beta, distance=distance, form=form)
-    ideal = _ideal_cumsum(sigma, counts, hs_k)
-    xn = _normalize_rows(np.asarray(x, dtype=dtype))
+    ideal = _IdealHS(hierarchy, y, hs_k, beta, distance, form)
+    sums = _RetrievalSums(hs_k, ks, k_all)
+    for start, stop, block in _neighbour_blocks(normalize_rows(x).astype(dtype), k_all, block_size):
+        yq, retrieved = y[start:stop], y[block]  # [b], [b, K]
+        sigma = hs_similarity(pair_distances(hierarchy, yq[:, None], retrieved[:, :hs_k], distance), beta, form)
+        sums.add_hs(np.cumsum(sigma, axis=1), ideal.cumsum(yq), ideal.random(yq))
+        keep = r[start:stop] > 0
+        sums.add_ranks(retrieved[keep] == yq[keep, None], r[start:stop][keep])
+    return _retrieval_result(sums, r, counts, hs_k, distance)
 
-    hs_sum = np.zeros(hs_k)
-    hs_count = np.zeros(hs_k)
-    hits = np.zeros(len(ks))
-    ap_sum = 0.0
-    positions = np.arange(1, k_all + 1)
-    for start, stop, block in _neighbour_blocks(xn, k_all, block_size):
-        yq = y[start:stop]
-        retrieved = y[block]  # [b, K]
-        gained = np.cumsum(sigma[yq[:, None], retrieved[:, :hs_k]], axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            hs = gained / ideal[yq]
-        valid = np.isfinite(hs)
-        hs_sum += np.where(valid, hs, 0.0).sum(axis=0)
-        hs_count += valid.sum(axis=0)
-        rq = r[start:stop]
-        keep = rq > 0
-        same = retrieved[keep] == yq[keep, None]
-        for i, k in enumerate(ks):
-            hits[i] += np.sum(np.any(same[:, :k], axis=1))
-        precision = np.cumsum(same, axis=1) / positions
-        within = positions[None, :] <= rq[keep, None]
-        ap_sum += float(np.sum(np.sum(precision * (same & within), axis=1) / rq[keep]))
 
+def _retrieval_result(sums, r, counts, hs_k, distance):
     with np.errstate(invalid="ignore", divide="ignore"):
-        hs_curve = hs_sum / hs_count
-    if hs_k > 1:
-        ahs = float(_trapezoid(hs_curve, dx=1.0 / (hs_k - 1)))
-    else:
-        ahs = float(hs_curve[0])
-    has_pos = r > 0
-    num_pos = int(has_pos.sum())
+        hs_curve = sums.hs_sum / sums.hs_count
+        random_curve = sums.random_sum / sums.hs_count
+    ahs = float(_trapezoid(hs_curve, dx=1.0 / (hs_k - 1))) if hs_k > 1 else float(hs_curve[0])
+    num_pos = int(np.sum(r > 0))
     nan = float("nan")
-    recall = {k: (float(hits[i] / num_pos) if num_pos else nan) for i, k in enumerate(ks)}
-    map_r = ap_sum / num_pos if num_pos else nan
-
     result = {
         "distance": distance,
-        "num_queries": int(n),
-        "hs_at_k": {k: float(hs_curve[k - 1]) for k in ks if k <= hs_k},
+        "num_queries": int(r.size),
+        "hs_at_k": {k: float(hs_curve[k - 1]) for k in sums.ks if k <= hs_k},
         "hs_curve": [float(v) for v in hs_curve],
+        "hs_curve_random": [float(v) for v in random_curve],
         "ahs_k": hs_k,
         "ahs": ahs,
-        "recall_at_k": recall,
-        "map_at_r": map_r,
-        "queries_without_positives": int(np.sum(~has_pos)),
+        "recall_at_k": {k: (float(sums.hits[i] / num_pos) if num_pos else nan) for i, k in enumerate(sums.ks)},
+        "map_at_r": sums.ap_sum / num_pos if num_pos else nan,
+        "queries_without_positives": int(r.size - num_pos),
         "classes_absent": [int(c) for c in np.flatnonzero(counts == 0)],
     }
+    if not num_pos:
+        note = ("Recall@k and MAP@R are undefined (NaN): every class appears once, so no query has another "
+                "sample of its class to find")
+        result["notes"] = [note]
+        warnings.warn(note, RuntimeWarning, stacklevel=3)
     if hs_k == 250:
         result["ahs_250"] = ahs
     return result
 
 
-__all__ = ["retrieval", "top_k_neighbours", "tree_similarity_for_hs", "DEFAULT_KS"]
+__all__ = ["retrieval", "top_k_neighbours", "tree_similarity_for_hs", "hs_similarity", "DEFAULT_KS"]

@@ -116,8 +116,10 @@ def test_absent_classes_reported_and_bad_input():
     bad[1, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         hierarchy_informed([0] * 6, bad, h)
-    with pytest.raises(ValueError, match="0..7"):
+    with pytest.raises(ValueError, match="y_true: label 8 .* outside the valid range"):
         hierarchy_informed([0, 1, 2, 3, 4, 8], s, h)
+    with pytest.raises(ValueError, match="whole class id"):
+        hierarchy_informed([0, 1, 2, 3, 4, 2.5], s, h)
     with pytest.raises(ValueError, match="distance"):
         hierarchy_informed([0] * 6, s, h, distance="euclid")
     one_hot = np.eye(8)[[0, 1, 1, 2, 2, 0]]
@@ -127,8 +129,10 @@ def test_absent_classes_reported_and_bad_input():
 def test_no_mistakes_gives_nan_severity():
     h = tree()
     y = np.arange(8)
-    out = hierarchy_informed(y, np.eye(8), h, k=1)
+    with pytest.warns(RuntimeWarning, match="no mistake"):
+        out = hierarchy_informed(y, np.eye(8), h, k=1)
     assert out["accuracy"] == 1.0 and np.isnan(out["mistake_severity"])
+    assert "every prediction is correct" in out["notes"][0]
     assert np.isnan(out["failed_superclass_accuracy"])
 
 

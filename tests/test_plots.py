@@ -54,17 +54,27 @@ def test_dendrograms_and_heatmaps(tmp_path, n):
         assert not any(labels)
         assert left.collections[-1].get_offsets().shape[0] == n
     assert len(fig.legends) == 1
-    fig2 = plots.plot_distance_matrices(x, h, tmp_path / "dist.png")
+    fig2 = plots.plot_distance_matrices(x, h, tmp_path / "dist.png", distance="lca_height")
     assert fig2.axes[0].images[0].get_array().shape == (n, n)
+    assert "chordal" in fig2.axes[0].get_title() and "lca_height" in fig2.axes[1].get_title()
+    ticks = [t.get_text() for t in fig2.axes[0].get_xticklabels()]
+    if n <= 150:  # every class named on the heatmap, in tree order
+        assert sorted(ticks) == sorted(h.classes)
+    else:
+        assert set(ticks) - {""} <= set(h.level_names(0))
     for name in ("tree.png", "dist.png"):
         assert os.path.getsize(tmp_path / name) > 5000
     assert sorted(os.listdir(tmp_path)) == ["dist.png", "tree.png"]
 
 
 def test_hs_curves(tmp_path):
-    fig = plots.plot_hs_curves({"a": np.linspace(1, .5, 20), "b": np.linspace(.9, .4, 20)}, tmp_path / "hs.png")
+    fig = plots.plot_hs_curves({"a": np.linspace(1, .5, 20), "b": np.linspace(.9, .4, 20)}, tmp_path / "hs.png",
+                               random=np.linspace(.3, .35, 20), title="HS@k (tree distance: path)")
     lines = fig.axes[0].get_lines()
-    assert len(lines) == 2 and lines[0].get_xdata()[-1] == 20
+    labels = [line.get_label() for line in lines]
+    assert labels == ["a", "b", "ideal ranking", "random ranking"] and lines[0].get_xdata()[-1] == 20
+    np.testing.assert_array_equal(lines[2].get_ydata(), [1, 1])
+    assert "path" in fig.axes[0].get_title()
     assert os.path.getsize(tmp_path / "hs.png") > 1000
     with pytest.raises(ValueError):
         plots.plot_hs_curves({})
@@ -78,3 +88,23 @@ def test_bad_representatives():
     x[0, 0] = np.nan
     with pytest.raises(ValueError, match="finite"):
         plots.plot_distance_matrices(x, h)
+
+
+def test_large_trees_collapse_to_a_level(tmp_path, monkeypatch):
+    h = ragged(120, seed=4)
+    x = reps(h, seed=4)
+    monkeypatch.setattr(plots, "MAX_PLOT_CLASSES", 40)
+    level = plots.plot_level(h)
+    assert h.num_nodes(level) <= 40 and (level == h.depth - 1 or h.num_nodes(level + 1) > 40)
+    node_reps, nh = plots.collapse_to_level(x, h, level)
+    anc = h.ancestors(level)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for node in range(h.num_nodes(level)):
+        m = xn[anc == node].mean(0)
+        np.testing.assert_allclose(node_reps[node], m / np.linalg.norm(m), atol=1e-12)
+    assert nh.num_classes == h.num_nodes(level) and list(nh.classes) == h.level_paths(level)
+    fig = plots.plot_distance_matrices(x, h, tmp_path / "d.png")
+    assert fig.axes[0].images[0].get_array().shape == (nh.num_classes,) * 2
+    assert f"level-{level} nodes" in fig.axes[0].get_title()
+    fig = plots.plot_dendrograms(x, h, tmp_path / "t.png", level=0)
+    assert "level-0 nodes" in fig.axes[1].get_title()

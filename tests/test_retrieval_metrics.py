@@ -117,5 +117,33 @@ def test_bad_input():
         retrieval(bad, y, h, ks=(1,))
     with pytest.raises(ValueError, match="labels"):
         retrieval(x, y[:5], h)
-    with pytest.raises(ValueError, match="0..7"):
+    with pytest.raises(ValueError, match="outside the valid range"):
         retrieval(x, y + 3, h, ks=(1,))
+    with pytest.raises(ValueError, match="whole class id"):
+        retrieval(x, y + 0.5, h, ks=(1,))
+
+
+def test_random_reference_and_ideal_match_brute_force():
+    """hs_curve_random = mean over queries of k * mean(sigma of the others) / best sum."""
+    from conftest import random_tree
+
+    h = random_tree(3, num_classes=15, max_depth=5)
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 15, size=40)
+    out = retrieval(rng.normal(size=(40, 5)), y, h, ks=(1, 5), hs_max_k=30, distance="lca_height")
+    sigma = tree_similarity_for_hs(h, distance="lca_height")
+    want = []
+    for q in range(40):
+        others = sigma[y[q], np.delete(y, q)]
+        best = np.cumsum(np.sort(others)[::-1][:30])
+        want.append(np.arange(1, 31) * others.mean() / best)
+    np.testing.assert_allclose(out["hs_curve_random"], np.mean(want, axis=0), rtol=1e-12)
+    assert np.all(np.asarray(out["hs_curve_random"]) <= 1 + 1e-12)
+
+
+def test_every_class_once_is_explained():
+    h = tree()
+    with pytest.warns(RuntimeWarning, match="every class appears once"):
+        out = retrieval(np.random.default_rng(0).normal(size=(8, 3)), np.arange(8), h, ks=(1,), hs_max_k=5)
+    assert np.isnan(out["map_at_r"]) and "every class appears once" in out["notes"][0]
+    assert np.all(np.isfinite(out["hs_curve"]))
