@@ -32,8 +32,12 @@ import re
 import socket
 import threading
 import urllib.parse
+import zipfile
+import zlib
 
 import numpy as np
+
+from keras_hier.labels import class_ids
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -102,20 +106,43 @@ def _check_split(split):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
 
-def _load_npz_files(files):
-    images, labels, names = [], [], None
-    for f in files:
+_UNNAMED = 2 ** 62  # no class names: labels need only be whole and non-negative
+
+
+def _read_npz(f):
+    """`(images, labels, names or None)` of one `.npz` part; errors name the file."""
+    try:
         with np.load(f, allow_pickle=False) as z:
             for key in ("images", "labels"):
                 if key not in z.files:
                     raise ValueError(f"{f}: missing key {key!r} (has {z.files})")
-            images.append(np.asarray(z["images"]))
-            labels.append(np.asarray(z["labels"]).astype(np.int64).reshape(-1))
-            if "label_names" in z.files:
-                part = [str(n) for n in z["label_names"]]
-                if names is not None and part != names:
-                    raise ValueError(f"{f}: label_names differ from the other parts")
-                names = part
+            images, raw_labels = np.asarray(z["images"]), np.asarray(z["labels"])
+            names = [str(n) for n in z["label_names"]] if "label_names" in z.files else None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise ValueError(f"{f}: not a readable .npz file ({error})") from None
+    except ValueError as error:
+        if str(error).startswith(str(f)):
+            raise
+        raise ValueError(f"{f}: not a readable .npz file ({error})") from None
+    if images.ndim not in (3, 4) or images.shape[0] == 0:
+        raise ValueError(f"{f}: 'images' must be [N, H, W] or [N, H, W, C] with N > 0, got shape {images.shape}")
+    labels = class_ids(raw_labels, len(names) if names is not None else _UNNAMED,
+                       source=f"{f} ('labels')", num_samples=len(images))
+    return images, labels, names
+
+
+def _load_npz_files(files):
+    images, labels, names = [], [], None
+    for f in files:
+        part_images, part_labels, part_names = _read_npz(f)
+        if part_names is not None:
+            if names is not None and part_names != names:
+                raise ValueError(f"{f}: label_names differ from the other parts")
+            names = part_names
+        if images and part_images.shape[1:3] != images[0].shape[1:3]:
+            raise ValueError(f"{f}: images of shape {part_images.shape[1:]}, the first part has {images[0].shape[1:]}")
+        images.append(part_images)
+        labels.append(part_labels)
     images = np.concatenate(images)
     labels = np.concatenate(labels)
     if images.ndim == 3:
@@ -124,6 +151,8 @@ def _load_npz_files(files):
         raise ValueError(f"{files[0]}: images must be uint8, got {images.dtype}")
     if names is None:
         names = [str(i) for i in range(int(labels.max()) + 1)]
+    else:
+        labels = class_ids(labels, len(names), source=f"{files[0]} ('labels' against 'label_names')")
     return images, labels, names
 
 
@@ -141,30 +170,47 @@ def _idx_files(path, split):
 
 
 def read_idx(path):
-    """Reads one IDX file (MNIST format, optionally gzip'd) into a NumPy array."""
+    """Reads one IDX file (MNIST format, optionally gzip'd) into a NumPy array.
+
+    Raises:
+        ValueError: naming the file, for a corrupt or truncated gzip stream,
+            a bad magic number, element type or number of dimensions, or a
+            body whose size does not match the header.
+    """
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as error:
+        raise ValueError(f"{path}: cannot read the file; corrupt or truncated? ({error})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
     dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if data[2] not in dtypes:
         raise ValueError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
     ndim = data[3]
+    if not 1 <= ndim <= 4 or len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: bad IDX header ({ndim} dimensions in {len(data)} bytes; expected 1 to 4)")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    array = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
-    if array.size != math.prod(shape):
-        raise ValueError(f"{path}: header says {shape} but holds {array.size} values")
+    dtype = np.dtype(dtypes[data[2]])
+    body = len(data) - 4 - 4 * ndim
+    if body != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"{path}: header says {shape} ({math.prod(shape) * dtype.itemsize} bytes) but the body "
+                         f"holds {body} bytes; truncated or corrupt")
+    array = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim)
     return array.reshape(shape).astype(array.dtype.newbyteorder("="))
 
 
 def _load_idx(path, split):
     image_file, label_file = _idx_files(path, split)
-    images, labels = read_idx(image_file), read_idx(label_file).astype(np.int64)
+    images, raw_labels = read_idx(image_file), read_idx(label_file)
     if images.dtype != np.uint8:
         raise ValueError(f"{image_file}: images must be unsigned bytes")
-    if len(images) != len(labels):
-        raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
+    if images.ndim not in (3, 4) or images.shape[0] == 0:
+        raise ValueError(f"{image_file}: expected N > 0 images [N, H, W] or [N, H, W, C], got shape {images.shape}")
+    if raw_labels.ndim != 1:
+        raise ValueError(f"{label_file}: labels must be one-dimensional, got shape {raw_labels.shape}")
+    labels = class_ids(raw_labels, _UNNAMED, source=str(label_file), num_samples=len(images))
     if images.ndim == 3:
         images = images[..., None]
     num = int(labels.max()) + 1
@@ -217,7 +263,10 @@ def _load_image_folder(root, hierarchy, image_size=None):
         raise ValueError(f"{root}: no image files ({', '.join(_IMAGE_EXTENSIONS)})")
     images = []
     for f in files:
-        img = tf.io.decode_image(tf.io.read_file(f), expand_animations=False).numpy()
+        try:
+            img = tf.io.decode_image(tf.io.read_file(f), expand_animations=False).numpy()
+        except tf.errors.OpError as error:
+            raise ValueError(f"{f}: not a readable image ({error.message.splitlines()[0]})") from None
         if image_size is None:
             image_size = img.shape[:2]
         if img.shape[:2] != tuple(image_size):
@@ -312,7 +361,11 @@ def _tfds_arrays(name, split, data_dir=None, manual_dir=None, image_size=None, t
     for x, y in tfds.as_numpy(ds.batch(4096)):
         images.append(x)
         labels.append(y)
-    images, labels = np.concatenate(images), np.concatenate(labels).astype(np.int64)
+    if not labels:
+        raise ValueError(f"tfds {name!r} split {tf_split!r} holds no examples")
+    images = np.concatenate(images)
+    labels = class_ids(np.concatenate(labels), len(names) if names else _UNNAMED,
+                       source=f"tfds {name!r} labels", num_samples=len(images))
     if not names:
         names = [str(i) for i in range(int(labels.max()) + 1)]
     return images, labels, names
@@ -327,37 +380,68 @@ def _generic_names(names):
     return all(str(n) == str(i) for i, n in enumerate(names))
 
 
-def align_labels(labels, class_names, hierarchy):
+def align_labels(labels, class_names, hierarchy, source="labels"):
     """Re-indexes dataset labels to the class order of `hierarchy`.
 
-    Class names are compared case- and punctuation-insensitively
-    (`"T-shirt/top"` matches `"t_shirt_top"`). Datasets without real names
-    (`"0"`, `"1"`, ...) are taken to be in the hierarchy's order.
+    A dataset name matches the hierarchy class of the same name; otherwise
+    the class whose name is equal case- and punctuation-insensitively
+    (`"T-shirt/top"` matches `"t_shirt_top"`). A name with several such
+    matches, or two dataset names matching one class, is refused, listing the
+    names. Datasets without real names (`"0"`, `"1"`, ...) are taken to be in
+    the hierarchy's order.
 
     Args:
-        labels: int array of dataset label ids.
+        labels: dataset label ids (checked with `keras_hier.labels.class_ids`:
+            whole numbers in `[0, len(class_names))`; -1 is not a class).
         class_names: the dataset's class names, indexed by label.
         hierarchy: a `keras_hier.Hierarchy`.
+        source: what the labels are, for messages (a file, a dataset name).
 
     Returns:
         int64 array of hierarchy class ids.
 
     Raises:
-        ValueError: naming the dataset classes the hierarchy lacks.
+        ValueError: naming the dataset classes the hierarchy lacks, ambiguous
+            matches, or the first bad label.
     """
-    labels = np.asarray(labels, np.int64)
+    if isinstance(class_names, (str, bytes)):
+        raise TypeError(f"class_names must be a list of names, not the single string {class_names!r}")
+    class_names = [str(name) for name in class_names]
     if len(class_names) > hierarchy.num_classes:
         raise ValueError(f"the dataset has {len(class_names)} classes but the hierarchy "
                          f"only {hierarchy.num_classes}")
+    labels = class_ids(labels, len(class_names), source=source)
     if _generic_names(class_names):
         return labels
-    index = {_normalise(c): i for i, c in enumerate(hierarchy.classes)}
-    missing = [n for n in class_names if _normalise(n) not in index]
+    return _name_mapping(class_names, hierarchy)[labels]
+
+
+def _name_mapping(class_names, hierarchy):
+    """Hierarchy class id of every dataset class name (exact, else unique normalised match)."""
+    exact = {name: index for index, name in enumerate(hierarchy.classes)}
+    loose = {}
+    for index, name in enumerate(hierarchy.classes):
+        loose.setdefault(_normalise(name), []).append(index)
+    mapping, missing, ambiguous = [], [], []
+    for name in class_names:
+        candidates = [exact[name]] if name in exact else loose.get(_normalise(name), [])
+        if len(candidates) > 1:
+            ambiguous.append(f"{name!r} matches {[hierarchy.classes[c] for c in candidates]}")
+        elif not candidates:
+            missing.append(name)
+        mapping.append(candidates[0] if candidates else -1)
     if missing:
         raise ValueError(f"dataset classes not in the hierarchy: {missing[:10]}"
                          f"{' ...' if len(missing) > 10 else ''}")
-    mapping = np.array([index[_normalise(n)] for n in class_names], np.int64)
-    return mapping[labels]
+    if ambiguous:
+        raise ValueError("ambiguous class names (rename them or the hierarchy classes): " + "; ".join(ambiguous))
+    owners = {}
+    for name, target in zip(class_names, mapping):
+        owners.setdefault(target, []).append(name)
+    merged = [f"{names} all match {hierarchy.classes[target]!r}" for target, names in owners.items() if len(names) > 1]
+    if merged:
+        raise ValueError("several dataset classes match one hierarchy class: " + "; ".join(merged))
+    return np.array(mapping, np.int64)
 
 
 def _builtin_hierarchy(key, class_names):
@@ -570,7 +654,7 @@ def load_dataset(name_or_path, split="train", hierarchy=None, batch_size=128,
     if hierarchy is None:
         raise ValueError(f"{name_or_path!r}: no built-in hierarchy for classes {names[:5]}...; "
                          "pass hierarchy=keras_hier.Hierarchy(...)")
-    labels = align_labels(labels, names, hierarchy)
+    labels = align_labels(labels, names, hierarchy, source=f"{name_or_path} labels")
     if max_examples is not None and max_examples < len(labels):
         keep = np.sort(np.random.default_rng(seed + 1).permutation(len(labels))[:max_examples])
         images, labels = images[keep], labels[keep]

@@ -19,13 +19,12 @@ name, one level deeper, so that every class is a leaf.
 import functools
 import json
 import os
-import warnings
 
 import numpy as np
 
 from keras_hier.hierarchy_io import (atomic_write, check_paths, classes_with_children, csv_text, decode_tree,
-                                     encode_tree, level_ids, newick, read_csv_table, scan_class_folders,
-                                     split_path)
+                                     dict_paths, class_id_array, encode_tree, level_ids, newick, parent_paths, read_csv_table,
+                                     read_json, scan_class_folders, string_paths)
 
 __all__ = ["Hierarchy", "DISTANCE_KINDS", "check_distance_kind"]
 
@@ -272,25 +271,13 @@ class Hierarchy:
         return _readonly(np.stack(columns, axis=1))
 
     # ------------------------------------------------------------- distances
-    def _class_id_array(self, ids, where):
-        ids = np.asarray(ids)
-        if ids.dtype.kind == "f" and ids.size and np.all(np.isfinite(ids)) and np.all(ids == np.round(ids)):
-            ids = ids.astype(np.int64)
-        if ids.dtype.kind not in "iu" and not (ids.dtype.kind == "f" and ids.size == 0):
-            raise TypeError(f"Hierarchy.distance: {where} must hold integer class ids, got dtype {ids.dtype}")
-        ids = ids.astype(np.int64)
-        bad = (ids < 0) | (ids >= self.num_classes)
-        if np.any(bad):
-            raise ValueError(f"Hierarchy.distance: {where} holds class id {int(ids[bad].flat[0])} outside "
-                             f"[0, {self.num_classes})")
-        return ids
-
     def lca_depths(self, a, b):
         """Depth of the lowest common ancestor of classes `a` and `b` (root = 0; `a == b`: the leaf depth).
 
         `a` and `b` are broadcast against each other; O(depth) per pair.
         """
-        a, b = self._class_id_array(a, "a"), self._class_id_array(b, "b")
+        a = class_id_array(a, self.num_classes, "Hierarchy.distance: a")
+        b = class_id_array(b, self.num_classes, "Hierarchy.distance: b")
         shape = np.broadcast_shapes(a.shape, b.shape)
         shared = np.zeros(shape, dtype=np.int32)
         for level in range(self._depth):
@@ -326,7 +313,8 @@ class Hierarchy:
         3
         """
         check_distance_kind(kind)
-        a, b = self._class_id_array(a, "a"), self._class_id_array(b, "b")
+        a = class_id_array(a, self.num_classes, "Hierarchy.distance: a")
+        b = class_id_array(b, self.num_classes, "Hierarchy.distance: b")
         lca = self.lca_depths(a, b)
         if kind == "path":
             return (self._leaf_depths[a] + self._leaf_depths[b] - 2 * lca).astype(np.int32)
@@ -409,21 +397,8 @@ class Hierarchy:
         >>> Hierarchy.from_paths(["fruit/apple", "fruit/pear", "tree/oak"]).classes
         ('apple', 'pear', 'oak')
         """
-        if isinstance(paths, dict):
-            if not paths:
-                raise ValueError("a Hierarchy needs at least one class; got an empty mapping")
-            classes, split = [], []
-            for name, path in paths.items():
-                parts = split_path(path, separator, f"class {name!r}")
-                if parts[-1] != str(name):
-                    parts = parts + (str(name),)
-                classes.append(str(name))
-                split.append(parts)
-            return cls(split, classes)
-        if isinstance(paths, (str, bytes)):
-            raise TypeError("paths must be a mapping or a list of paths, not a single string")
-        split = [split_path(path, separator, f"class id {index}") for index, path in enumerate(paths)]
-        return cls(split)
+        paths, classes = string_paths(paths, separator)
+        return cls(paths, classes)
 
     @classmethod
     def from_csv(cls, path, class_column="Class", path_column="Path", id_column="Number",
@@ -455,7 +430,7 @@ class Hierarchy:
         return cls(paths, classes)
 
     @classmethod
-    def from_parents(cls, parents, classes):
+    def from_parents(cls, parents, classes=None):
         """Builds a hierarchy from child -> parent links.
 
         Args:
@@ -463,35 +438,20 @@ class Hierarchy:
                 `(child, parent)` pairs (a child listed with two different
                 parents is an error). Nodes without a parent hang from the
                 root; `None` as a parent means the root.
-            classes: the class (leaf) names in class-id order.
+            classes: the class (leaf) names in class-id order; default: every
+                node that is no other node's parent, in order of appearance.
+                A class missing from the links is an error naming it (give a
+                top-level class the parent `None`).
 
         Returns:
             A `Hierarchy`.
+
+        Example:
+
+        >>> Hierarchy.from_parents({"rose": "flower", "oak": "tree", "flower": "plant", "tree": "plant"}).paths
+        (('plant', 'flower', 'rose'), ('plant', 'tree', 'oak'))
         """
-        pairs = parents.items() if isinstance(parents, dict) else parents
-        parent_of = {}
-        for child, parent in pairs:
-            child = str(child)
-            parent = None if parent is None else str(parent)
-            if child in parent_of and parent_of[child] != parent:
-                raise ValueError(f"node {child!r} has two parents: {parent_of[child]!r} and {parent!r}")
-            if parent == child:
-                raise ValueError(f"node {child!r} is its own parent (a cycle)")
-            parent_of[child] = parent
-        classes = [str(name) for name in classes]
-        if not classes:
-            raise ValueError("a Hierarchy needs at least one class; got an empty class list")
-        paths = []
-        for name in classes:
-            chain, node, visited = [name], name, {name}
-            while parent_of.get(node) is not None:
-                node = parent_of[node]
-                if node in visited:
-                    cycle = " -> ".join(chain + [node])
-                    raise ValueError(f"cycle in the parent links of class {name!r}: {cycle}")
-                visited.add(node)
-                chain.append(node)
-            paths.append(tuple(reversed(chain)))
+        paths, classes = parent_paths(parents, classes)
         return cls(paths, classes)
 
     @classmethod
@@ -542,15 +502,8 @@ class Hierarchy:
         """
         from keras_hier.wordnet import wordnet_paths
 
-        class_names, paths, choices, ambiguous = wordnet_paths(classes, synsets=synsets, collapse=collapse,
-                                                               wordnet_dir=wordnet_dir)
-        if ambiguous:
-            warnings.warn(
-                "WordNet: took the first noun sense for ambiguous class names "
-                + ", ".join(f"{name!r} -> {choices[name]}" for name in ambiguous)
-                + "; pass synsets={name: 'word.n.NN'} to choose another (see Hierarchy.wordnet_choices).",
-                stacklevel=2,
-            )
+        class_names, paths, choices = wordnet_paths(classes, synsets=synsets, collapse=collapse,
+                                                    wordnet_dir=wordnet_dir, stacklevel=2)
         hierarchy = cls(paths, class_names)
         hierarchy.wordnet_choices = choices
         return hierarchy
@@ -565,12 +518,11 @@ class Hierarchy:
         return out
 
     @classmethod
-    def from_dict(cls, data):
-        """Inverse of `to_dict`."""
-        if not isinstance(data, dict) or "classes" not in data or "paths" not in data:
-            raise ValueError("a hierarchy dict needs the keys 'classes' and 'paths'")
-        hierarchy = cls([tuple(path) for path in data["paths"]], data["classes"])
-        hierarchy.wordnet_choices = dict(data.get("wordnet_choices", {}))
+    def from_dict(cls, data, where="hierarchy dict"):
+        """Inverse of `to_dict`; `"paths"` may also hold `"a/b/class"` strings, `"classes"` is optional."""
+        paths, classes, choices = dict_paths(data, where)
+        hierarchy = cls(paths, classes)
+        hierarchy.wordnet_choices = choices
         return hierarchy
 
     def to_config(self):
@@ -616,12 +568,9 @@ class Hierarchy:
 
     @classmethod
     def from_json(cls, path_or_text):
-        """Reads `to_json` output from a file path or a JSON string."""
-        text = path_or_text
-        if not str(path_or_text).lstrip().startswith("{"):
-            with open(path_or_text, encoding="utf-8") as f:
-                text = f.read()
-        return cls.from_dict(json.loads(text))
+        """Reads `to_json` output (or a `from_dict` dict) from a file path or a JSON string."""
+        data, where = read_json(path_or_text)
+        return cls.from_dict(data, where=where)
 
     def to_csv(self, path=None, separator="/"):
         """Writes `Class,Path,Number` (readable by `from_csv`); returns the text."""

@@ -13,7 +13,8 @@ import os
 import numpy as np
 
 __all__ = ["split_path", "read_csv_table", "scan_class_folders", "csv_text", "newick", "atomic_write",
-           "encode_tree", "decode_tree", "check_paths", "level_ids", "classes_with_children"]
+           "encode_tree", "decode_tree", "check_paths", "level_ids", "classes_with_children", "parent_paths", "dict_paths", "read_json",
+           "string_paths", "class_id_array"]
 
 
 def split_path(path, separator, where):
@@ -43,16 +44,27 @@ def read_csv_table(path, class_column="Class", path_column="Path", id_column="Nu
                    path_separator="/", strip_prefix=None):
     """`(paths, classes)` in class-id order from a hierarchy table (see `Hierarchy.from_csv`)."""
     path = os.fspath(path)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        text = f.read()
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as error:
+        line = text_line_of(path, error.start)
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                         f"{error.start}); save the table as UTF-8") from None
+    if "\0" in text:
+        raise ValueError(f"{path}, line {text.count(chr(10), 0, text.index(chr(0))) + 1}: NUL byte; "
+                         "this looks like a binary file, not a CSV table")
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    columns = reader.fieldnames or []
+    try:
+        columns = reader.fieldnames or []
+    except csv.Error as error:
+        raise ValueError(f"{path}: not a readable CSV table ({error})") from None
     for needed in (class_column, path_column):
         if needed not in columns:
             raise ValueError(f"{path}: no column {needed!r}; columns are {columns}")
     has_ids = id_column is not None and id_column in columns
     rows = []
-    for line, row in enumerate(reader, start=2):
+    for line, row in _csv_rows(reader, path):
         name = (row.get(class_column) or "").strip()
         node_path = (row.get(path_column) or "").strip()
         where = f"{path}, line {line}"
@@ -92,6 +104,24 @@ def read_csv_table(path, class_column="Class", path_column="Path", id_column="Nu
             raise ValueError(f"{where}: duplicate class name {name!r} (first at {seen[name]})")
         seen[name] = where
     return [row[2] for row in rows], [row[1] for row in rows]
+
+
+def _csv_rows(reader, path):
+    """`(line, row)` pairs; a csv.Error becomes a ValueError naming the file and line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ValueError(f"{path}, line {reader.line_num}: {error}") from None
+        yield reader.line_num, row
+
+
+def text_line_of(path, offset):
+    """1-based line number of byte `offset` in the file `path`."""
+    with open(path, "rb") as f:
+        return f.read(offset).count(b"\n") + 1
 
 
 def scan_class_folders(root, include_hidden=False):
@@ -308,3 +338,138 @@ def classes_with_children(paths, ancestors):
             # Another class under a class's own leaf node extends its path.
             flags[here] = np.bincount(ids)[ids[here]] > 1
     return flags
+
+
+def _parent_links(parents):
+    """{child: parent or None} from a mapping or `(child, parent)` pairs; errors name the node."""
+    if isinstance(parents, (str, bytes)):
+        raise TypeError(f"parents must be a mapping child -> parent or (child, parent) pairs, not the string {parents!r}")
+    pairs = parents.items() if isinstance(parents, dict) else parents
+    parent_of = {}
+    for item in pairs:
+        if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) != 2:
+            raise ValueError(f"parents: {item!r} is not a (child, parent) pair")
+        child, parent = str(item[0]), None if item[1] is None else str(item[1])
+        if child in parent_of and parent_of[child] != parent:
+            raise ValueError(f"node {child!r} has two parents: {parent_of[child]!r} and {parent!r}")
+        if parent == child:
+            raise ValueError(f"node {child!r} is its own parent (a cycle)")
+        parent_of[child] = parent
+    return parent_of
+
+
+def parent_paths(parents, classes=None):
+    """`(paths, classes)` from child -> parent links (see `Hierarchy.from_parents`)."""
+    parent_of = _parent_links(parents)
+    if classes is None:
+        has_children = set(parent_of.values())
+        classes = [child for child in parent_of if child not in has_children]
+    elif isinstance(classes, (str, bytes)):
+        raise TypeError(f"classes must be a list of names, not the single string {classes!r}")
+    classes = [str(name) for name in classes]
+    if not classes:
+        raise ValueError("a Hierarchy needs at least one class; got an empty class list")
+    known = set(parent_of) | {parent for parent in parent_of.values() if parent is not None}
+    unknown = [name for name in classes if name not in known]
+    if unknown:
+        raise ValueError(f"classes not in the parent links: {', '.join(map(repr, unknown[:10]))}"
+                         f"{' ...' if len(unknown) > 10 else ''}; give each a parent (None for a top-level class)")
+    paths = []
+    for name in classes:
+        chain, node, visited = [name], name, {name}
+        while parent_of.get(node) is not None:
+            node = parent_of[node]
+            if node in visited:
+                raise ValueError(f"cycle in the parent links of class {name!r}: {' -> '.join(chain + [node])}")
+            visited.add(node)
+            chain.append(node)
+        paths.append(tuple(reversed(chain)))
+    return paths, classes
+
+
+def dict_paths(data, where="hierarchy dict", separator="/"):
+    """`(paths, classes, wordnet_choices)` from a `Hierarchy.to_dict()`-style dict.
+
+    `"paths"` entries may be lists of node names or `"a/b/class"` strings;
+    `"classes"` is optional (default: the last node of each path).
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object with the keys 'classes' and 'paths', "
+                         f"got {type(data).__name__}")
+    paths, classes = data.get("paths"), data.get("classes")
+    if not isinstance(paths, list):
+        raise ValueError(f"{where}: 'paths' must be a list of paths (lists of node names or 'a/b/class' "
+                         f"strings), got {type(paths).__name__}")
+    if classes is not None and not isinstance(classes, list):
+        raise ValueError(f"{where}: 'classes' must be a list of names, got {type(classes).__name__}")
+    if classes is not None and len(classes) != len(paths):
+        raise ValueError(f"{where}: {len(classes)} classes but {len(paths)} paths")
+    split = []
+    for index, path in enumerate(paths):
+        name = None if classes is None else classes[index]
+        label = f"{where}, class {name!r}" if name is not None else f"{where}, class id {index}"
+        if not isinstance(path, (str, list)) or not all(isinstance(part, str) for part in (
+                [] if isinstance(path, str) else path)):
+            raise ValueError(f"{label}: a path must be a list of node names or a string, got {path!r}")
+        parts = split_path(path, separator, label) if isinstance(path, str) else tuple(path)
+        if isinstance(path, str) and name is not None and parts[-1] != str(name):
+            parts = parts + (str(name),)
+        split.append(parts)
+    choices = data.get("wordnet_choices") or {}
+    if not isinstance(choices, dict):
+        raise ValueError(f"{where}: 'wordnet_choices' must be a mapping class -> synset name")
+    return split, classes, dict(choices)
+
+
+def read_json(path_or_text):
+    """A JSON value from JSON text or a file path; errors name the file (or say it was text)."""
+    if not isinstance(path_or_text, (str, bytes, os.PathLike)):
+        raise TypeError(f"from_json expects JSON text or a file path, got {type(path_or_text).__name__}")
+    text, where = path_or_text, "JSON text"
+    if isinstance(text, bytes) or isinstance(text, os.PathLike) or text.lstrip()[:1] not in ("{", "["):
+        where = os.fsdecode(path_or_text)
+        if not os.path.isfile(where):
+            raise ValueError(f"{where!r} is neither JSON text (starting with '{{') nor an existing file")
+        try:
+            with open(where, encoding="utf-8-sig") as f:
+                text = f.read()
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{where}: not UTF-8 text ({error})") from None
+    try:
+        return json.loads(text), where
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") from None
+    except RecursionError:
+        raise ValueError(f"{where}: JSON nested too deeply") from None
+
+
+def string_paths(paths, separator="/"):
+    """`(paths, classes or None)` from `Hierarchy.from_paths` input: a mapping or a list of paths."""
+    if isinstance(paths, dict):
+        if not paths:
+            raise ValueError("a Hierarchy needs at least one class; got an empty mapping")
+        classes, split = [], []
+        for name, path in paths.items():
+            parts = split_path(path, separator, f"class {name!r}")
+            if parts[-1] != str(name):
+                parts = parts + (str(name),)
+            classes.append(str(name))
+            split.append(parts)
+        return split, classes
+    if isinstance(paths, (str, bytes)):
+        raise TypeError(f"paths must be a mapping or a list of paths, not the single string {paths!r}")
+    return [split_path(path, separator, f"class id {index}") for index, path in enumerate(paths)], None
+
+
+def class_id_array(ids, num_classes, where):
+    """int64 array of class ids in `[0, num_classes)`; whole-number floats pass; errors name `where`."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind == "f" and np.all(np.isfinite(ids)) and np.all(ids == np.round(ids)):
+        ids = ids.astype(np.int64)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{where} must hold integer class ids, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    bad = (ids < 0) | (ids >= num_classes)
+    if np.any(bad):
+        raise ValueError(f"{where} holds class id {int(ids[bad].flat[0])} outside [0, {num_classes})")
+    return ids

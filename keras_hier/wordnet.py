@@ -26,6 +26,7 @@ import functools
 import os
 import shutil
 import tempfile
+import warnings
 
 __all__ = ["get_wordnet", "class_synsets", "hypernym_path", "wordnet_paths", "collapse_chains", "noun_graph",
            "NounGraph", "LEXNAMES"]
@@ -259,12 +260,14 @@ def hypernym_path(synset):
     return min(paths, key=lambda path: (-len(path), tuple(s.name() for s in path)))
 
 
-def wordnet_paths(classes, synsets=None, collapse=True, wordnet_dir=None):
+def wordnet_paths(classes, synsets=None, collapse=True, wordnet_dir=None, stacklevel=2):
     """The tree paths `Hierarchy.from_wordnet` builds (see it for the rule).
 
+    Warns once, listing the class names that had several noun senses.
+
     Returns:
-        `(class names, paths, chosen synset names, ambiguous names)`; every path
-        ends with its class name.
+        `(class names, paths, chosen synset names)`; every path ends with its
+        class name.
     """
     if isinstance(classes, (str, bytes)):
         raise TypeError(f"classes must be a list of names, not the single string {classes!r}")
@@ -280,7 +283,12 @@ def wordnet_paths(classes, synsets=None, collapse=True, wordnet_dir=None):
     # leaf and an internal node, which the Hierarchy constructor handles.
     paths = collapse_chains(paths) if collapse else drop_common_top(paths)
     paths = [path[:-1] + (name,) for path, name in zip(paths, class_names)]
-    return class_names, paths, {name: chosen[name].name() for name in class_names}, ambiguous
+    if ambiguous:
+        warnings.warn("WordNet: took the first noun sense for ambiguous class names "
+                      + ", ".join(f"{name!r} -> {chosen[name].name()}" for name in ambiguous)
+                      + "; pass synsets={name: 'word.n.NN'} to choose another (see Hierarchy.wordnet_choices).",
+                      stacklevel=stacklevel + 1)
+    return class_names, paths, {name: chosen[name].name() for name in class_names}
 
 
 def drop_common_top(paths):
