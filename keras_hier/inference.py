@@ -10,29 +10,21 @@ representatives at every upper level.
 NumPy/SciPy only; importing this module does not import TensorFlow.
 """
 
+import warnings
+
 import numpy as np
 from scipy.cluster.hierarchy import cophenet, linkage
 from scipy.spatial.distance import squareform
 from scipy.stats import rankdata
 
+from keras_hier.geometry import chordal_distances
+from keras_hier.inference_sampled import EXACT_MAX_CLASSES, sampled_inference
+from keras_hier.tree_counts import check_distance_kind, distance_histogram
+
 _CLIP = 1.0 - 1e-12
 
 
 # ------------------------------------------------------------------ helpers
-def chordal_distances(representatives):
-    """Chordal distance sqrt(2 - 2 cos) between normalised rows (float64 [C, C]).
-
-    The diagonal is exactly 0. Monotone in the angle, so every rank-based
-    measure is the same for the angle.
-    """
-    x = np.asarray(representatives, dtype=np.float64)
-    x = x / np.sqrt(np.maximum(np.sum(x * x, axis=1, keepdims=True), 1e-12))
-    cos = np.clip(x @ x.T, -1.0, 1.0)
-    d = np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
-    np.fill_diagonal(d, 0.0)
-    return d
-
-
 def fisher_mean(correlations):
     """Fisher-z average tanh(mean(arctanh(r))) of the finite correlations.
 
@@ -189,17 +181,23 @@ def robinson_foulds(linkage_matrix, groups_per_level):
 
 
 # ------------------------------------------------------ level retrieval
-def level_retrieval(distances, groups):
+def level_retrieval(distances, groups, queries=None):
     """P@1, R-precision and MAP@R of each representative querying the others.
 
     Relevant = same group; R = group size - 1; queries with R = 0 are skipped.
     Ties in distance are broken by the smaller class id.
+
+    Args:
+        distances: [C, C] distances, or [Q, C] rows of the `queries`.
+        groups: [C] group id of every representative.
+        queries: row ids of the queries when `distances` has only their rows.
     """
     d = np.array(distances, dtype=np.float64)
-    np.fill_diagonal(d, np.inf)
+    q = np.arange(d.shape[0]) if queries is None else np.asarray(queries)
+    d[np.arange(q.size), q] = np.inf
     order = np.argsort(d, axis=1, kind="stable")[:, :-1]
-    rel = groups[order] == groups[:, None]
-    r = np.bincount(groups)[groups] - 1
+    rel = groups[order] == groups[q][:, None]
+    r = np.bincount(groups)[groups[q]] - 1
     keep = r > 0
     nan = float("nan")
     if not keep.any():
@@ -218,7 +216,7 @@ def level_retrieval(distances, groups):
 
 # --------------------------------------------------------------- public
 def hierarchical_inference(representatives, hierarchy, distance="path", n_permutations=1000,
-                           seed=0):
+                           seed=0, method="auto", sample_options=None):
     """How well distances between class representatives follow the tree.
 
     With D = chordal distances between the normalised representatives and
@@ -240,13 +238,26 @@ def hierarchical_inference(representatives, hierarchy, distance="path", n_permut
       representative retrieving the others of its group by D.
     A row of NaN marks a class without a representative (e.g. absent from the
     data): it is left out of every measure and listed in `excluded_classes`.
+    A measure that is undefined (identical representatives: no distance
+    varies; a flat tree: every off-diagonal tree distance is the same) is
+    NaN, with a warning and a `notes` entry saying why.
+
+    Above `EXACT_MAX_CLASSES` classes (`method="auto"`) the Spearman values,
+    null and level retrieval are estimated from sampled anchor classes and
+    class pairs with 95% `confidence_interval`s, the ceilings stay exact and
+    the UPGMA comparison runs on a class subset: see
+    `keras_hier.inference_sampled` for the estimator (`method` in the result
+    says which ran).
 
     Args:
         representatives: [C, D] array, one row per class (need not be normalised).
         hierarchy: a `keras_hier.Hierarchy` with C classes.
         distance: tree distance kind, `"path"` or `"lca_height"`.
         n_permutations: permutations of the null (0 to skip it).
-        seed: seed of the permutations.
+        seed: seed of the permutations (and of the sampling).
+        method: `"auto"` (exact up to `EXACT_MAX_CLASSES`), `"exact"` or `"sampled"`.
+        sample_options: keyword arguments of `keras_hier.inference_sampled.sampled_inference`
+            (`num_anchors`, `num_columns`, `num_pairs`, `tree_subset`).
 
     Returns:
         A plain dict (JSON-serialisable) with the entries above.
@@ -260,12 +271,32 @@ def hierarchical_inference(representatives, hierarchy, distance="path", n_permut
     >>> out["levels"][0]["p_at_1"]
     1.0
     """
+    check_distance_kind(distance)
+    reps, keep, missing = _checked_representatives(representatives, hierarchy)
+    if method not in ("auto", "exact", "sampled"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'sampled', got {method!r}")
+    sampled = method == "sampled" or (method == "auto" and keep.size > EXACT_MAX_CLASSES)
+    result = {"distance": distance, "representative_distance": "chordal", "num_classes": int(keep.size),
+              "excluded_classes": [int(i) for i in np.flatnonzero(missing)]}
+    if sampled:
+        result.update(sampled_inference(reps[keep], hierarchy, keep, distance, n_permutations, seed,
+                                        **(sample_options or {})))
+    else:
+        result["method"] = "exact"
+        result.update(_exact(reps[keep], hierarchy, keep, distance, n_permutations, seed))
+    notes = _undefined_notes(reps[keep], hierarchy, keep, distance)
+    if notes:
+        result["notes"] = notes
+        for note in notes:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
+    return result
+
+
+def _checked_representatives(representatives, hierarchy):
     reps = np.asarray(representatives, dtype=np.float64)
     c = hierarchy.num_classes
     if reps.ndim != 2 or reps.shape[0] != c:
         raise ValueError(f"representatives must be [num_classes={c}, D], got shape {reps.shape}")
-    if distance not in ("path", "lca_height"):
-        raise ValueError(f"distance must be 'path' or 'lca_height', got {distance!r}")
     missing = np.all(np.isnan(reps), axis=1)
     bad = ~missing & ~np.all(np.isfinite(reps), axis=1)
     if bad.any():
@@ -275,38 +306,44 @@ def hierarchical_inference(representatives, hierarchy, distance="path", n_permut
     if keep.size < 3:
         raise ValueError(f"hierarchical_inference needs at least 3 classes with representatives, "
                          f"got {keep.size}")
-    t = np.asarray(hierarchy.distance_matrix(distance), dtype=np.float64)[np.ix_(keep, keep)]
-    d = chordal_distances(reps[keep])
+    return reps, keep, missing
 
+
+def _undefined_notes(reps, hierarchy, keep, distance):
+    """Why some measures are NaN: no variation in the representatives or in the tree."""
+    notes = []
+    spread = np.ptp(reps, axis=0).max() if reps.size else 0.0
+    if spread <= 1e-12 * max(1.0, np.abs(reps).max()):
+        notes.append("all representatives are identical: their distances do not vary, so every Spearman "
+                     "correlation and the cophenetic correlation are undefined (NaN)")
+    weights = np.zeros(hierarchy.num_classes)
+    weights[keep] = 1
+    others = distance_histogram(hierarchy, keep, weights, kind=distance)
+    others[:, 0] -= 1  # the class itself
+    if np.count_nonzero(others.sum(axis=0)) <= 1:
+        notes.append("the tree is flat (every class directly under the root): all off-diagonal tree distances "
+                     f"({distance}) are equal, so the Spearman values without the diagonal, the pairwise one, "
+                     "the cophenetic correlation and level retrieval are undefined (NaN)")
+    return notes
+
+
+def _exact(reps, hierarchy, keep, distance, n_permutations, seed):
+    """The exact measures (C x C matrices); the reference for the sampled estimator."""
+    t = np.asarray(hierarchy.distance_matrix(distance), dtype=np.float64)[np.ix_(keep, keep)]
+    d = chordal_distances(reps)
     triple = _SpearmanTriple(t)
     prepared = triple.prepare(d)
-    observed = triple.of(*prepared)
-    result = {"distance": distance, "representative_distance": "chordal",
-              "num_classes": int(keep.size),
-              "excluded_classes": [int(i) for i in np.flatnonzero(missing)]}
-    result.update(zip(_NAMES, observed))
-    result["ceiling"] = dict(zip(_NAMES, triple.of(*triple.prepare(t, method="ordinal"))))
-
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed = triple.of(*prepared)
+        result = dict(zip(_NAMES, observed))
+        result["ceiling"] = dict(zip(_NAMES, triple.of(*triple.prepare(t, method="ordinal"))))
     if n_permutations:
         rng = np.random.default_rng(seed)
         null = np.array([triple.of(*prepared, perm=rng.permutation(keep.size))
                          for _ in range(int(n_permutations))])
-        result["null"] = {
-            name: {"mean": float(np.nanmean(null[:, i])), "std": float(np.nanstd(null[:, i])),
-                   "p_value": float((1 + np.sum(null[:, i] >= observed[i])) / (1 + len(null)))}
-            for i, name in enumerate(_NAMES)}
-        result["null"]["n_permutations"] = int(n_permutations)
-        result["null"]["seed"] = seed
-
-    z = linkage(squareform(d, checks=False), method="average")
-    coph = cophenet(z)
-    result["cophenetic_correlation"] = float(np.corrcoef(coph, squareform(t, checks=False))[0, 1])
+        result["null"] = _null_summary(null, observed, n_permutations, seed)
+    result.update(_tree_comparison(d, t, hierarchy, keep))
     groups = [np.asarray(hierarchy.ancestors(level))[keep] for level in range(hierarchy.depth)]
-    rf, rf_max = robinson_foulds(z, groups)
-    result["robinson_foulds"] = rf
-    result["robinson_foulds_max"] = rf_max
-    result["robinson_foulds_normalized"] = rf / rf_max if rf_max else 0.0
-
     levels = []
     for level in range(hierarchy.depth - 1):
         _, dense = np.unique(groups[level], return_inverse=True)
@@ -317,5 +354,25 @@ def hierarchical_inference(representatives, hierarchy, distance="path", n_permut
     return result
 
 
+def _null_summary(null, observed, n_permutations, seed):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns of an undefined measure
+        out = {name: {"mean": float(np.nanmean(null[:, i])), "std": float(np.nanstd(null[:, i])),
+                      "p_value": float((1 + np.sum(null[:, i] >= observed[i])) / (1 + len(null)))}
+               for i, name in enumerate(_NAMES)}
+    out.update(n_permutations=int(n_permutations), seed=seed)
+    return out
+
+
+def _tree_comparison(d, t, hierarchy, keep):
+    z = linkage(squareform(d, checks=False), method="average")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        coph = float(np.corrcoef(cophenet(z), squareform(t, checks=False))[0, 1])
+    groups = [np.asarray(hierarchy.ancestors(level))[keep] for level in range(hierarchy.depth)]
+    rf, rf_max = robinson_foulds(z, groups)
+    return {"cophenetic_correlation": coph, "robinson_foulds": rf, "robinson_foulds_max": rf_max,
+            "robinson_foulds_normalized": rf / rf_max if rf_max else 0.0}
+
+
 __all__ = ["hierarchical_inference", "spearman_measures", "spearman_ceilings", "fisher_mean",
-           "chordal_distances", "robinson_foulds", "level_retrieval"]
+           "chordal_distances", "robinson_foulds", "level_retrieval", "EXACT_MAX_CLASSES"]

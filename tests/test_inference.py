@@ -58,10 +58,10 @@ def ref_upgma_cophenetic(d):
     return coph
 
 
-def ref_level_retrieval(d, groups):
+def ref_level_retrieval(d, groups, only=None):
     c = len(groups)
     p1, rp, mapr = [], [], []
-    for i in range(c):
+    for i in (range(c) if only is None else only):
         r = int(np.sum(groups == groups[i])) - 1
         if r == 0:
             continue
@@ -262,3 +262,75 @@ def _true_clusters(h):
             if 1 < len(m) < h.num_classes:
                 clusters.add(m)
     return clusters
+
+
+# ------------------------------------------------------- large-C estimator
+def _big_tree(c=900, seed=0):
+    rng = np.random.default_rng(seed)
+    paths = [f"a{i % 5}/b{i % 37}/c{rng.integers(0, 150)}/x{i}" if i % 4 else f"a{i % 5}/x{i}" for i in range(c)]
+    return Hierarchy.from_paths(paths)
+
+
+def test_exact_ceilings_from_histograms_match_matrix_ceilings():
+    from keras_hier.inference_sampled import exact_ceilings
+
+    for h in (small_tree(), ragged_tree(), _big_tree(300)):
+        keep = np.arange(h.num_classes)
+        for kind in ("path", "lca_height"):
+            want = spearman_ceilings(h.distance_matrix(kind))
+            got = exact_ceilings(h, keep, kind)
+            np.testing.assert_allclose(got, [want[k] for k in ("spearman_classwise", "spearman_classwise_offdiag",
+                                                               "spearman_pairwise")], atol=1e-9)
+
+
+def test_sampled_estimate_brackets_the_exact_value():
+    h = _big_tree()
+    x = tree_embedding(h, noise=3.0, seed=4)
+    exact = hierarchical_inference(x, h, n_permutations=10, method="exact")
+    est = hierarchical_inference(x, h, n_permutations=10, method="sampled", seed=1,
+                                 sample_options={"num_anchors": 150, "num_columns": 600, "num_pairs": 60_000})
+    assert exact["method"] == "exact" and est["method"] == "sampled"
+    for key in ("spearman_classwise", "spearman_classwise_offdiag", "spearman_pairwise"):
+        low, high = est["confidence_interval"][key]
+        width = high - low
+        assert 0 < width < 0.1, key
+        # the exact value lies within the interval widened by half its width (a 95% interval misses 1 in 20)
+        assert low - width / 2 <= exact[key] <= high + width / 2, (key, exact[key], low, high)
+        assert est["ceiling"][key] == pytest.approx(exact["ceiling"][key], abs=1e-9)
+        assert abs(est["null"][key]["mean"]) < 0.05 and est["null"][key]["p_value"] < 0.2
+    assert est["tree_subset_size"] == 900 and est["cophenetic_correlation"] == pytest.approx(
+        exact["cophenetic_correlation"])
+    assert est["levels"][0]["p_at_1"] == pytest.approx(exact["levels"][0]["p_at_1"], abs=0.1)
+
+
+def test_auto_switches_to_sampling(monkeypatch):
+    from keras_hier import inference
+
+    h = _big_tree(200)
+    x = tree_embedding(h, noise=1.0, seed=0)
+    monkeypatch.setattr(inference, "EXACT_MAX_CLASSES", 100)
+    out = inference.hierarchical_inference(x, h, n_permutations=5,
+                                           sample_options={"num_anchors": 50, "num_columns": 100, "num_pairs": 4000})
+    assert out["method"] == "sampled" and out["num_anchors"] == 50
+
+
+def test_level_retrieval_for_query_rows():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 4))
+    d = chordal_distances(x)
+    groups = rng.integers(0, 4, size=30)
+    queries = np.array([3, 7, 11, 29])
+    got = level_retrieval(d[queries], groups, queries=queries)
+    p1, rp, mapr = ref_level_retrieval(d, groups, only=queries)
+    assert got["p_at_1"] == pytest.approx(p1) and got["map_at_r"] == pytest.approx(mapr)
+
+
+def test_identical_representatives_and_flat_tree_explain_nan():
+    h = small_tree()
+    with pytest.warns(RuntimeWarning, match="identical"):
+        out = hierarchical_inference(np.ones((h.num_classes, 3)), h, n_permutations=5)
+    assert np.isnan(out["spearman_pairwise"]) and "identical" in out["notes"][0]
+    flat = Hierarchy.from_paths([f"x{i}" for i in range(6)])
+    with pytest.warns(RuntimeWarning, match="flat"):
+        out = hierarchical_inference(np.random.default_rng(0).normal(size=(6, 3)), flat, n_permutations=5)
+    assert np.isnan(out["spearman_pairwise"]) and any("flat" in n for n in out["notes"])
