@@ -34,10 +34,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_hier import ops as kh_ops
+from keras_hier import geometry as kh_ops
+from keras_hier.labels import sparse_labels
 
-__all__ = ["NormFaceHead", "ProxyDRHead", "initial_dynamic_scale", "scale_residual", "PROXY_MODES",
-           "capture_embeddings"]
+__all__ = ["NormFaceHead", "ProxyDRHead", "ProxyHead", "initial_dynamic_scale", "scale_residual", "PROXY_MODES",
+           "capture_embeddings", "encode_array", "decode_array"]
 
 PROXY_MODES = ("learned", "ema", "fixed")
 HEAD_KINDS = ("normface", "proxydr")
@@ -153,7 +154,17 @@ def initial_dynamic_scale(kind, num_classes, distance="chordal"):
 class _Capture:
     """Per-thread store the `Classifier.train_step` opens so heads can hand it
     the embeddings of the current forward pass (one thread per replica under
-    `tf.distribute.MirroredStrategy`)."""
+    `tf.distribute.MirroredStrategy`).
+
+    A head that needs after-step updates refuses a training forward pass
+    while no store is open (a plain `keras.Model.fit` would never update
+    it). In your own training loop, open one around the forward pass and
+    call `update_from_batch` after the optimiser step::
+
+        with capture_embeddings as store:
+            logits = model(x, training=True)   # + loss, gradients, optimiser
+        head.update_from_batch(store[id(head)], y)
+    """
 
     def __init__(self):
         import threading
@@ -168,10 +179,22 @@ class _Capture:
         self._local.store = None
         return store
 
+    @property
+    def is_open(self):
+        return getattr(self._local, "store", None) is not None
+
     def put(self, layer, value):
         store = getattr(self._local, "store", None)
         if store is not None:
             store[id(layer)] = value
+
+    def __enter__(self):
+        self.open()
+        return self._local.store
+
+    def __exit__(self, *exc_info):
+        self._local.store = None
+        return False
 
 
 capture_embeddings = _Capture()
@@ -200,7 +223,76 @@ def _all_gather(value):
 
 
 # ------------------------------------------------------------------- heads
-class _ProxyHead(keras.layers.Layer):
+_NO_UPDATE_MESSAGE = (
+    "{cls} {name!r} has EMA proxies or a dynamic scale, which need the labels after every optimiser step; "
+    "a plain keras.Model never gives them to the head, so training would leave the proxies / scale "
+    "unchanged. Build the model with keras_hier.build_classifier(...) or as keras_hier.models.Classifier("
+    "inputs, outputs) (a keras.Model whose train_step runs the update), or, in your own training loop, "
+    "run the forward pass inside `with keras_hier.layers.capture_embeddings as store:` and call "
+    "head.update_from_batch(store[id(head)], labels) after the step.")
+
+
+def encode_array(array):
+    """A float32 array as one compact JSON-safe value (base64 of its bytes) for a layer config.
+
+    Example:
+    >>> decode_array(encode_array(np.eye(2))).tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+    """
+    import base64
+
+    array = np.ascontiguousarray(array, dtype="<f4")
+    return {"dtype": "float32", "shape": list(array.shape), "base64": base64.b64encode(array.tobytes()).decode()}
+
+
+def decode_array(value):
+    """Inverse of `encode_array`; lists and arrays pass through as float32 arrays."""
+    import base64
+
+    if isinstance(value, dict) and "base64" in value:
+        flat = np.frombuffer(base64.b64decode(value["base64"]), dtype="<f4")
+        return flat.reshape(value["shape"]).astype(np.float32)
+    return np.asarray(value, dtype=np.float32)
+
+
+def _check_proxies(proxies, num_classes, name):
+    """[C, D] float32 proxies with finite, non-zero rows.
+
+    Rows are kept as given (a learned proxy's norm sets its gradient scale)
+    when float32 can normalise them; rows like 1e30, whose squared norm
+    overflows float32, are normalised here in float64 (no logit changes).
+    """
+    raw = np.asarray(proxies, dtype=np.float64)
+    if raw.ndim != 2 or raw.shape[0] != num_classes:
+        raise ValueError(f"{name}: proxies must be [num_classes={num_classes}, D], got shape {raw.shape}")
+    if not np.all(np.isfinite(raw)):
+        row = int(np.flatnonzero(~np.all(np.isfinite(raw), axis=1))[0])
+        raise ValueError(f"{name}: proxies row {row} (class {row}) contains NaN or inf")
+    scaled = raw / np.maximum(np.max(np.abs(raw), axis=1, keepdims=True), np.finfo(np.float64).tiny)
+    norms = np.linalg.norm(scaled, axis=1)
+    if np.any(norms == 0):
+        row = int(np.flatnonzero(norms == 0)[0])
+        raise ValueError(f"{name}: proxies row {row} (class {row}) is all zeros; a proxy needs a direction")
+    row_norms = np.linalg.norm(raw, axis=1)
+    if np.all((row_norms > 1e-15) & (row_norms < 1e15)):
+        return raw.astype(np.float32)
+    return (scaled / norms[:, None]).astype(np.float32)
+
+
+def _rescale_rows(x):
+    """x / max|x| per row: the direction kept, so 1e30 (or 1e-30) embeddings normalise without overflow."""
+    peak = ops.max(ops.abs(x), axis=-1, keepdims=True)
+    return x / ops.maximum(peak, 1e-30)
+
+
+class ProxyHead(keras.layers.Layer):
+    """Base class of `NormFaceHead` and `ProxyDRHead`: C proxies on the unit sphere, a scale, after-step updates.
+
+    Subclasses set `kind` and implement `logits(embeddings, proxies, scale)`.
+    The after-step protocol other code relies on (`keras_hier.models.Classifier`):
+    `needs_update` (bool) and `update_from_batch(embeddings, labels)`.
+    """
+
     kind = None
 
     def __init__(self, num_classes, scale=None, distance="chordal", proxy_mode="learned", proxies=None,
@@ -217,12 +309,7 @@ class _ProxyHead(keras.layers.Layer):
         if proxy_mode == "fixed" and proxies is None:
             raise ValueError(f"{name}: proxy_mode='fixed' needs the `proxies` array [C, D]")
         if proxies is not None:
-            proxies = np.asarray(proxies, dtype=np.float32)
-            if proxies.ndim != 2 or proxies.shape[0] != num_classes:
-                raise ValueError(f"{name}: proxies must be [num_classes={num_classes}, D], got shape "
-                                 f"{proxies.shape}")
-            if not np.all(np.isfinite(proxies)):
-                raise ValueError(f"{name}: proxies contain NaN or inf")
+            proxies = _check_proxies(decode_array(proxies), num_classes, name)
         if not 0 < ema_momentum <= 1:
             raise ValueError(f"{name}: ema_momentum must be in (0, 1], got {ema_momentum}")
         self.num_classes = int(num_classes)
@@ -283,8 +370,10 @@ class _ProxyHead(keras.layers.Layer):
         raise NotImplementedError
 
     def call(self, inputs, training=None):
-        x = kh_ops.float32(inputs)
+        x = _rescale_rows(kh_ops.float32(inputs))
         if training:
+            if self.needs_update and not capture_embeddings.is_open:
+                raise RuntimeError(_NO_UPDATE_MESSAGE.format(name=self.name, cls=type(self).__name__))
             capture_embeddings.put(self, x)
         proxies = self._proxies if self.proxy_mode == "learned" else ops.stop_gradient(self._proxies)
         return self.logits(x, proxies, ops.stop_gradient(self.scale))
@@ -306,20 +395,17 @@ class _ProxyHead(keras.layers.Layer):
             embeddings: [B, D] head inputs.
             labels: int class ids [B] / [B, 1] or one-hot [B, C].
         """
-        from keras_hier.losses import sparse_labels
-
         if not self.needs_update:
             return
-        x = kh_ops.l2_normalize(kh_ops.float32(embeddings))
-        labels = sparse_labels(ops.convert_to_tensor(labels), self.num_classes, type(self).__name__)
+        x = kh_ops.l2_normalize(_rescale_rows(kh_ops.float32(embeddings)))
+        labels, valid = sparse_labels(labels, self.num_classes, type(self).__name__, with_valid=True)
         if self.dynamic_scale:  # uses the proxies of this step's forward pass
             self._update_scale(x, labels)
-        if self.proxy_mode == "ema":
-            self._update_ema(x, labels)
+        if self.proxy_mode == "ema":  # a bad label (possible only under XLA / jax.jit) moves no proxy
+            self._update_ema(x, labels, ops.cast(valid, "float32"))
 
-    def _update_ema(self, x, labels):
-        ones = ops.ones_like(labels, dtype="float32")
-        sums = ops.segment_sum(x, labels, num_segments=self.num_classes)
+    def _update_ema(self, x, labels, ones):
+        sums = ops.segment_sum(x * ops.expand_dims(ones, -1), labels, num_segments=self.num_classes)
         counts = ops.segment_sum(ones, labels, num_segments=self.num_classes)
         sums, counts = _all_sum([sums, counts])
         seen = ops.expand_dims(counts > 0, -1)
@@ -357,14 +443,14 @@ class _ProxyHead(keras.layers.Layer):
         config.update(
             num_classes=self.num_classes, scale=self.initial_scale, distance=self.distance,
             proxy_mode=self.proxy_mode,
-            proxies=None if self._init_proxies is None else self._init_proxies.tolist(),
+            proxies=None if self._init_proxies is None else encode_array(self._init_proxies),
             dynamic_scale=self.dynamic_scale, ema_momentum=self.ema_momentum,
             scale_learning_rate=self.scale_learning_rate)
         return config
 
 
 @keras.saving.register_keras_serializable(package="keras_hier")
-class NormFaceHead(_ProxyHead):
+class NormFaceHead(ProxyHead):
     """NormFace head: logits s * cos(f(x), w_c) (chordal) over C proxies.
 
     Args:
@@ -399,7 +485,7 @@ class NormFaceHead(_ProxyHead):
 
 
 @keras.saving.register_keras_serializable(package="keras_hier")
-class ProxyDRHead(_ProxyHead):
+class ProxyDRHead(ProxyHead):
     """ProxyDR head: logits -(s/2) ln(d_c^2 + eps), so p(c|x) ~ d_c^(-s).
 
     d is the chordal distance sqrt(2 - 2 cos) (default) or the angle

@@ -46,7 +46,7 @@ Example (ProxyDR with EMA proxies and a dynamic scale, plain `fit`):
 import keras
 import numpy as np
 
-from keras_hier.layers import NormFaceHead, ProxyDRHead, _ProxyHead, capture_embeddings
+from keras_hier.layers import NormFaceHead, ProxyDRHead, capture_embeddings
 
 __all__ = ["Classifier", "build_classifier", "HEADS"]
 
@@ -62,8 +62,9 @@ class Classifier(keras.Model):
     """
 
     def _updating_heads(self):
+        """Layers that follow the after-step protocol (`needs_update`, `update_from_batch`) and need it."""
         return [layer for layer in self._flatten_layers(include_self=False)
-                if isinstance(layer, _ProxyHead) and layer.needs_update]
+                if getattr(layer, "needs_update", False) and hasattr(layer, "update_from_batch")]
 
     def train_step(self, *args, **kwargs):
         heads = self._updating_heads()

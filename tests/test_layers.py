@@ -1,11 +1,13 @@
 """Proxy heads: logit forms, proxy modes and the dynamic scale against NumPy."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_hier.layers import NormFaceHead, ProxyDRHead, initial_dynamic_scale
+from keras_hier.layers import NormFaceHead, ProxyDRHead, capture_embeddings, initial_dynamic_scale
 
 HEADS = {"normface": NormFaceHead, "proxydr": ProxyDRHead}
 
@@ -114,7 +116,7 @@ def test_fixed_proxies_never_change(kind):
     for _ in range(3):
         head.update_from_batch(x, y)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(head._proxies), w)
-    with tf.GradientTape() as tape:
+    with tf.GradientTape() as tape, capture_embeddings:
         out = tf.reduce_sum(head(x, training=True))
     assert tape.gradient(out, head._proxies.value) is None
 
@@ -204,7 +206,7 @@ def test_bad_arguments_are_rejected_with_named_culprits():
     head = ProxyDRHead(3, proxy_mode="fixed", proxies=w)
     with pytest.raises(ValueError, match="dimension 4 but the embedding has 5"):
         head(np.ones((2, 5), np.float32))
-    with pytest.raises(ValueError, match="label 3 is outside"):
+    with pytest.raises(ValueError, match="ProxyDRHead: label 3 at index 1 is outside"):
         ProxyDRHead(3, proxy_mode="ema").update_from_batch(np.ones((2, 4), np.float32), np.array([0, 3]))
 
 
@@ -221,3 +223,77 @@ def test_heads_output_float32_under_mixed_precision(policy):
             assert np.all(np.isfinite(keras.ops.convert_to_numpy(out)))
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+# ------------------------------------------------- extreme inputs, plain models, saving
+@pytest.mark.parametrize("kind", sorted(HEADS))
+@pytest.mark.parametrize("magnitude", [1e30, 1e-30])
+def test_huge_and_tiny_embeddings_keep_their_direction(kind, magnitude):
+    x, _, w = batch(5)
+    head = HEADS[kind](4, scale=5.0, proxies=w)
+    want = keras.ops.convert_to_numpy(head(x))
+    got = keras.ops.convert_to_numpy(head(x * np.float32(magnitude)))
+    assert np.all(np.isfinite(got)) and np.ptp(got, axis=1).min() > 0.1  # not all equal
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    huge = HEADS[kind](4, scale=5.0, proxies=w.astype(np.float64) * 1e30, proxy_mode="fixed")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(huge(x)), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "learned", "ema"])
+def test_zero_or_non_finite_proxies_are_refused(mode):
+    w = np.ones((3, 4), np.float32)
+    w[1] = 0.0
+    with pytest.raises(ValueError, match="ProxyDRHead: proxies row 1 .*all zeros"):
+        ProxyDRHead(3, proxy_mode=mode, proxies=w)
+    w[1] = np.nan
+    with pytest.raises(ValueError, match="NormFaceHead: proxies row 1 .*NaN or inf"):
+        NormFaceHead(3, proxy_mode=mode, proxies=w)
+
+
+def plain_models(head_kwargs):
+    inputs = keras.Input((5,))
+    functional = keras.Model(inputs, ProxyDRHead(3, **head_kwargs)(keras.layers.Dense(4)(inputs)))
+    sequential = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4), NormFaceHead(3, **head_kwargs)])
+    return functional, sequential
+
+
+@pytest.mark.parametrize("head_kwargs", [dict(proxy_mode="ema"), dict(dynamic_scale=True)])
+def test_updating_head_in_a_plain_keras_model_fails_at_first_fit(head_kwargs):
+    x, y = np.random.default_rng(0).normal(size=(8, 5)).astype("float32"), np.arange(8) % 3
+    for model in plain_models(head_kwargs):
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        with pytest.raises(RuntimeError, match=r"build_classifier.*keras_hier.models.Classifier"):
+            model.fit(x, y, epochs=1, batch_size=4, verbose=0)
+        model.predict(x, verbose=0)  # inference is fine
+        model.evaluate(x, y, verbose=0)
+    functional, _ = plain_models(dict(proxy_mode="learned"))  # learned / fixed heads train as usual
+    functional.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    functional.fit(x, y, epochs=1, batch_size=4, verbose=0)
+
+
+def test_custom_training_loop_with_capture_updates_the_head():
+    x, y, _ = batch(6, n=8, num_classes=3)
+    head = ProxyDRHead(3, proxy_mode="ema", dynamic_scale=True)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4), head])
+    before = keras.ops.convert_to_numpy(head.scale)
+    with capture_embeddings as store:
+        model(x, training=True)
+    head.update_from_batch(store[id(head)], y)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(head._visited), [1, 1, 1])
+    assert float(head.scale) != before
+
+
+def test_config_is_compact_and_heads_round_trip_in_a_fresh_process():
+    from roundtrip import run_serialization_tests
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(20_000, 16)).astype(np.float32)
+    config = ProxyDRHead(20_000, proxy_mode="fixed", proxies=w).get_config()
+    assert isinstance(config["proxies"]["base64"], str)
+    assert len(json.dumps(config)) < 1.4 * w.nbytes
+    np.testing.assert_array_equal(ProxyDRHead.from_config(config)._init_proxies, w)
+    x = rng.normal(size=(6, 5)).astype(np.float32)
+    heads = [NormFaceHead(4, scale=3.0, distance="arccos"),
+             ProxyDRHead(4, proxy_mode="fixed", proxies=rng.normal(size=(4, 5)), dynamic_scale=True),
+             ProxyDRHead(4, proxy_mode="ema", dynamic_scale=True, ema_momentum=0.1)]
+    run_serialization_tests([(head, x, None) for head in heads])
