@@ -9,7 +9,13 @@ this module). Switching chordal to arccos is the `distance` argument.
   (a zero row stays zero);
 - chordal distance d = sqrt(2 - 2 cos), angle theta = arccos(cos);
 - `tree_to_chordal(t, beta)`: T = sqrt(2) t / (beta + t), a tree distance
-  mapped into [0, sqrt(2)) (the MDS target and the HS@k similarity).
+  mapped into [0, sqrt(2)) (the MDS target and the HS@k similarity);
+- `keras.ops` forms: `l2_normalize`, `cosine_logits_matrix`,
+  `squared_distance`, and the head logit forms `normface_logits`
+  (z = s - (s/2) d^2) and `proxydr_logits` (z = -(s/2) ln(d^2 + eps)).
+
+Keras is imported on first use of the `keras.ops` half, so importing this
+module does not import TensorFlow.
 """
 
 import numpy as np
@@ -20,7 +26,8 @@ COS_CLIP = 1e-7
 DISTANCES = ("chordal", "arccos")
 
 __all__ = ["EPSILON", "COS_CLIP", "DISTANCES", "check_distance", "normalize_rows", "sphere_distances",
-           "chordal_distances", "tree_to_chordal"]
+           "chordal_distances", "tree_to_chordal", "float32", "l2_normalize", "cosine_logits_matrix",
+           "squared_distance", "normface_logits", "proxydr_logits"]
 
 
 def check_distance(distance):
@@ -73,3 +80,121 @@ def tree_to_chordal(t, beta=1.0):
     """
     t = np.asarray(t, dtype=np.float64)
     return np.sqrt(2.0) * t / (beta + t)
+
+
+# --------------------------------------------------------------------------
+# keras.ops half (float32; heads, losses, export). Keras is imported on first
+# use, so the NumPy half above stays importable without TensorFlow.
+# --------------------------------------------------------------------------
+def _ops():
+    from keras import ops
+
+    return ops
+
+
+def float32(x):
+    """Casts to a float32 tensor (logits and losses are float32 under mixed precision)."""
+    ops = _ops()
+    return ops.cast(ops.convert_to_tensor(x), "float32")
+
+
+def l2_normalize(x, axis=-1, epsilon=EPSILON):
+    """Scales `x` to unit L2 norm along `axis` (`keras.ops`); a zero vector stays zero.
+
+    The `keras.ops` twin of `normalize_rows`: epsilon is added to the squared
+    norm, so a zero row gives zeros, not NaN.
+
+    Args:
+        x: tensor.
+        axis: axis to normalise.
+        epsilon: floor of the squared norm.
+
+    Returns:
+        Tensor of the same shape and dtype as `x`.
+
+    Example:
+    >>> import keras
+    >>> keras.ops.convert_to_numpy(l2_normalize(keras.ops.convert_to_tensor([[3.0, 4.0], [0.0, 0.0]]))).tolist()
+    [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+    """
+    ops = _ops()
+    squared = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return x * ops.rsqrt(ops.maximum(squared, ops.cast(epsilon, squared.dtype)))
+
+
+def cosine_logits_matrix(embeddings, proxies):
+    """cos between every embedding and every proxy, float32 [B, C] (`keras.ops`).
+
+    Both inputs are L2-normalised here (with epsilon), so zero rows give 0.
+
+    Args:
+        embeddings: [B, D].
+        proxies: [C, D].
+
+    Returns:
+        float32 [B, C].
+    """
+    ops = _ops()
+    x = l2_normalize(float32(embeddings))
+    w = l2_normalize(float32(proxies))
+    return ops.matmul(x, ops.transpose(w))
+
+
+def squared_distance(cosine, distance="chordal"):
+    """Squared sphere distance from cos (`keras.ops`).
+
+    Chordal: d^2 = 2 - 2 cos (floored at 0); arccos: theta^2 with
+    theta = arccos(clip(cos, -1 + COS_CLIP, 1 - COS_CLIP)) (finite gradient).
+
+    Args:
+        cosine: tensor of cosines.
+        distance: `"chordal"` or `"arccos"`.
+
+    Returns:
+        Tensor of the same shape.
+    """
+    ops = _ops()
+    if check_distance(distance) == "chordal":
+        return ops.maximum(2.0 - 2.0 * cosine, 0.0)
+    theta = ops.arccos(ops.clip(cosine, -1.0 + COS_CLIP, 1.0 - COS_CLIP))
+    return ops.square(theta)
+
+
+def normface_logits(embeddings, proxies, scale, distance="chordal"):
+    """NormFace logits z_c = s - (s/2) d_c^2, float32 [B, C].
+
+    With the chordal distance (d^2 = 2 - 2 cos) this is s * cos_c; with
+    `"arccos"` it is s * (1 - theta_c^2 / 2).
+
+    Args:
+        embeddings: [B, D] (any float dtype; computed in float32).
+        proxies: [C, D] class proxies (normalised here).
+        scale: s, a float or scalar tensor.
+        distance: `"chordal"` or `"arccos"`.
+
+    Returns:
+        float32 [B, C].
+    """
+    cosine = cosine_logits_matrix(embeddings, proxies)
+    s = float32(scale)
+    if check_distance(distance) == "chordal":
+        return s * cosine
+    return s - 0.5 * s * squared_distance(cosine, distance)
+
+
+def proxydr_logits(embeddings, proxies, scale, distance="chordal", epsilon=EPSILON):
+    """ProxyDR logits z_c = -(s/2) ln(d_c^2 + eps), i.e. p(c|x) ~ d_c^(-s), float32 [B, C].
+
+    Args:
+        embeddings: [B, D] (computed in float32).
+        proxies: [C, D] class proxies (normalised here).
+        scale: s, a float or scalar tensor.
+        distance: `"chordal"` (d^2 = 2 - 2 cos) or `"arccos"` (d = theta).
+        epsilon: added to d^2; caps a logit at -(s/2) ln(eps) (138 for s = 10).
+
+    Returns:
+        float32 [B, C].
+    """
+    ops = _ops()
+    d2 = squared_distance(cosine_logits_matrix(embeddings, proxies), distance)
+    return -0.5 * float32(scale) * ops.log(d2 + epsilon)
