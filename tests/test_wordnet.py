@@ -55,3 +55,30 @@ def test_builtin_cifar10_matches_wordnet(wordnet):
 def test_missing_wordnet_gives_clear_error(tmp_path):
     with pytest.raises(RuntimeError, match="not a WordNet 3.0 database folder|WordNet 3.0 not found"):
         get_wordnet(str(tmp_path))
+
+
+# ------------------------------------------------------------------ fast noun graph
+def test_noun_graph_matches_nltk_names_and_the_path_rule(wordnet):
+    import random
+
+    from keras_hier.wordnet import noun_graph
+
+    graph = noun_graph()
+    assert len(graph.names) == 82115 and sum(graph.is_leaf) == 64958
+    offsets = random.Random(0).sample(sorted(graph.index_of_offset), 300)
+    sample = [wordnet.synset_from_pos_and_offset("n", offset) for offset in offsets] + [wordnet.synset("dog.n.01")]
+    for synset in sample:
+        index = graph.index_of_offset[synset.offset()]
+        assert graph.names[index] == synset.name()
+        assert graph.path(index) == tuple(s.name() for s in hypernym_path(synset))
+        assert graph.is_leaf[index] == (not synset.hyponyms() and not synset.instance_hyponyms())
+    with pytest.raises(ValueError, match="'n99999999' is not a WordNet 3.0 noun synset id"):
+        graph.synset_index("n99999999")
+
+
+def test_collapse_chains_rule():
+    from keras_hier.wordnet import collapse_chains
+
+    paths = [("e", "a", "b", "x"), ("e", "a", "b", "y"), ("e", "a", "c", "d", "z")]
+    # c and d have one child each: dropped; e and a then form a chain below the root: dropped
+    assert collapse_chains(paths) == [("b", "x"), ("b", "y"), ("z",)]
