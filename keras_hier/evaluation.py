@@ -216,7 +216,8 @@ def class_representatives(model_or_embeddings, data=None, num_classes=None, batc
         if num_classes is None:
             raise ValueError("class_representatives: pass num_classes (the model's head was not found)")
         sums = ClassMeanSums(num_classes)
-        for y, batch, reason in _batches(model, data, num_classes, batch_size, k=1, embedding_model=embedding_model):
+        for y, batch, reason in _batches(model, data, num_classes, batch_size, k=1, embedding_model=embedding_model,
+                                         hierarchy=None):
             if "embedding" not in batch:
                 raise ValueError(f"cannot compute class means: {reason}")
             sums.update(batch["embedding"], y)

@@ -158,6 +158,10 @@ class Scorer(keras.Model):
         if self.embedder is not None:
             emb = self.embedder(x, training=False) if isinstance(self.embedder, keras.Model) else self.embedder(x)
         scores = ops.cast(scores, "float32")
+        width = scores.shape[-1]
+        if self.hierarchy is not None and width is not None and width != self.hierarchy.num_classes:
+            raise ValueError(f"the model outputs {width} scores per sample but the hierarchy has "
+                             f"{self.hierarchy.num_classes} classes")
         result = {"top_ids": ops.cast(_top_k(scores, self.k), "int32")}
         result["num_scores"] = ops.zeros_like(result["top_ids"][:, 0]) + scores.shape[-1]
         if emb is not None:

@@ -137,11 +137,11 @@ class InformedSums:
         s["n"] += y.size
         s["correct"] += float(correct.sum())
         s["top_k"] += float(np.any(top == y[:, None], axis=1).sum())
-        s["dist"] += float(dist.sum())
+        s["dist"] += int(dist.sum())
         s["mistakes"] += float((~correct).sum())
-        s["mistake_dist"] += float(dist[~correct].sum())
-        s["ahd"] += float(t_top.mean(axis=1).sum())
-        s["hp"] += float((np.sum(t_top <= self.radius[y][:, None], axis=1) / self.k).sum())
+        s["mistake_dist"] += int(dist[~correct].sum())
+        s["ahd"] += int(t_top.sum())  # integer sums: the result does not depend on the batching
+        s["hp"] += int(np.sum(t_top <= self.radius[y][:, None]))
         s["superclass"] += float(sup.sum())
         s["failed_superclass"] += float(sup[~correct].sum())
         self.level_correct += [np.sum(a[pred] == a[y]) for a in self.ancestors]
@@ -166,7 +166,7 @@ class InformedSums:
             "level_accuracy": [float(v / n) for v in self.level_correct],
             "ahc": s["dist"] / n,
             "mistake_severity": s["mistake_dist"] / s["mistakes"] if s["mistakes"] else nan,
-            "ahd_at_k": s["ahd"] / n, "hp_at_k": s["hp"] / n,
+            "ahd_at_k": s["ahd"] / (n * self.k), "hp_at_k": s["hp"] / (n * self.k),
             "superclass_accuracy": s["superclass"] / n,
             "failed_superclass_accuracy": s["failed_superclass"] / s["mistakes"] if s["mistakes"] else nan,
             "classes_absent": [int(i) for i in np.flatnonzero(self.counts == 0)],

@@ -253,3 +253,77 @@ def test_tf_data_input_matches_arrays():
     assert a["classification"] == b["classification"]
     assert a["retrieval"]["map_at_r"] == pytest.approx(b["retrieval"]["map_at_r"])
     assert a["inference"]["proto"]["spearman_pairwise"] == pytest.approx(b["inference"]["proto"]["spearman_pairwise"])
+
+
+# ------------------------------------------------- every kind of Keras model
+def _data(n=48, seed=7):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 6)).astype("float32"), np.arange(n) % 8
+
+
+def test_trained_sequential_without_input():
+    """The issue's crash: a Sequential built by fit has no `.input`; its head input is the embedding."""
+    import keras
+
+    x, y = _data()
+    model = keras.Sequential([keras.layers.Dense(5, activation="relu"), keras.layers.Dense(8)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=1, verbose=0)
+    out = evaluate(model, (x, y), tree(), ks=(1, 3), n_permutations=5)
+    emb = np.asarray(model.layers[0](x))
+    want = hierarchy_informed(y, np.asarray(model.predict(x, verbose=0)), tree())
+    assert out["classification"]["ahd_at_k"] == pytest.approx(want["ahd_at_k"])
+    np.testing.assert_allclose(out["representatives"]["proto"], class_representatives(emb, y, 8)["proto"],
+                               atol=1e-5)
+    assert "retrieval" in out and set(out["inference"]) == {"W", "proto"}
+
+
+def test_subclassed_model_says_why_and_accepts_an_embedding_model():
+    import keras
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.body = keras.layers.Dense(4, name="embedding")
+            self.out = keras.layers.Dense(8, name="head")
+
+        def call(self, x):
+            return self.out(self.body(x))
+
+    x, y = _data()
+    model = Net()
+    model(x[:2])
+    out = evaluate(model, (x, y), tree(), ks=(1,), n_permutations=5)
+    assert "subclassed" in out["meta"]["embedding_note"] and "retrieval" not in out
+    assert set(out["inference"]) == {"W"}  # the head's kernel is still found
+    out = evaluate(model, (x, y), tree(), ks=(1,), n_permutations=5, embedding_model=model.body)
+    assert "retrieval" in out and "proto" in out["inference"]
+
+
+def test_softmax_output_detected_for_the_expected_cost_decoder():
+    import keras
+
+    from keras_hier.decoding import decode
+
+    x, y = _data()
+    inputs = keras.Input((6,))
+    probs = keras.layers.Dense(8, activation="softmax")(keras.layers.Dense(4, name="embedding")(inputs))
+    model = keras.Model(inputs, probs)
+    out = evaluate(model, (x, y), tree(), ks=(1,), n_permutations=0)
+    p = np.asarray(model.predict(x, verbose=0))
+    ids = np.asarray(decode(p, tree(), "expected_cost", from_logits=False)["class_ids"])
+    t = tree().distance_matrix()
+    dec = out["classification"]["decoders"]
+    assert dec["expected_cost"]["accuracy"] == pytest.approx(np.mean(ids == y))
+    assert dec["expected_cost"]["ahc"] == pytest.approx(np.mean(t[y, ids]))
+    assert dec["argmax"]["accuracy"] == out["classification"]["accuracy"]
+    with pytest.raises(ValueError, match="softmax"):
+        evaluate(model, (x, y), tree(), ks=(1,), n_permutations=0, from_logits=True)
+
+
+def test_wrong_width_and_bad_labels_are_named():
+    x, y = _data()
+    with pytest.raises(ValueError, match="outputs 8 scores .* 9 classes"):
+        evaluate(_model(8), (x, y), Hierarchy.from_paths([f"a/x{i}" for i in range(9)]), n_permutations=0)
+    with pytest.raises(ValueError, match="dataset labels"):
+        evaluate(_model(8), (x, y + 0.5), tree(), n_permutations=0)
