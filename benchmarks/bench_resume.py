@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_resume.py [--epochs 4] [--max-examples 12000]
 
-Runs `recipes.train` (small CNN, ProxyDR, Fashion-MNIST: tfds or Debian's IDX
+Runs `keras_hier.recipes.train` (small CNN, ProxyDR, Fashion-MNIST: tfds or Debian's IDX
 files) three times with the same seed: twice uninterrupted (the spread of two
 identical runs is the noise floor) and once SIGKILLed in the middle of epoch 2 and
 restarted with the same command. Writes the `resume` section of BENCHMARKS.md.
@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def command(out, args):
-    return [sys.executable, "-m", "recipes.train", "--dataset", "fashion_mnist", "--head", "proxydr",
+    return [sys.executable, "-m", "keras_hier.recipes.train", "--dataset", "fashion_mnist", "--head", "proxydr",
             "--epochs", str(args.epochs), "--max-examples", str(args.max_examples), "--seed", "0",
             "--no-export", "--no-figures", "--n-permutations", "20", "--verbose", "2", "--out", out]
 
@@ -87,7 +87,7 @@ def main():
              f"(after {killed_after} finished epoch(s)) and restarted with the same command; it resumed from "
              "the last per-epoch backup. Two uninterrupted runs with the same seed give the noise floor. "
              "The resumed run skips the epochs it had finished (the data pipeline's shuffle and augmentation "
-             "state advance as before, see `recipes.train.epoch_stream`), so it trains on the same batches "
+             "state advance as before, see `keras_hier.recipes.train.epoch_stream`), so it trains on the same batches "
              "from the same restored weights and optimizer state.", "",
              "| measure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in keys:

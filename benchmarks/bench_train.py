@@ -1,9 +1,9 @@
-"""Training throughput: recipes/train.py's model and fit loop vs a plain model.fit.
+"""Training throughput: keras_hier.recipes.train's model and fit loop vs a plain model.fit.
 
 For every head and option of the recipe, the same backbone is trained (a)
 as a plain Keras model (backbone -> Dense embedding -> Dense softmax,
 `SparseCategoricalCrossentropy`, no callbacks) and (b) as the recipe builds
-it (`recipes.train.build_model` + `compile_model`, with the recipe's
+it (`keras_hier.recipes.train.build_model` + `compile_model`, with the recipe's
 callbacks: per-epoch backup, best checkpoint, CSV log, TensorBoard). Both read
 the same `tf.data` pipeline (`keras_hier.data.make_pipeline`) of synthetic
 32x32x3 images. Images/s is measured on the epochs after the first (tracing),
@@ -35,6 +35,13 @@ VARIANTS = [("softmax", ())] + [
     (head, opts) for head in ("normface", "proxydr")
     for opts in ((), ("ema",), ("dynamic",), ("ema", "dynamic"), ("mds",), ("mds", "dynamic"))
 ] + [("corr", ("mds",))]
+
+
+def option_settings(opts):
+    """("ema", "dynamic") -> {"proxy_mode": "ema", "dynamic_scale": True} (the recipe's config keys)."""
+    settings = {"proxy_mode": next((o for o in opts if o in ("ema", "mds")), "learned")}
+    settings["dynamic_scale"] = "dynamic" in opts
+    return settings
 
 
 class EpochTimer:
@@ -106,8 +113,8 @@ def main(argv=None):
     from keras_hier import hierarchies
     from keras_hier.backbones import get_backbone
     from keras_hier.data import make_pipeline
-    from recipes.configs import get_config
-    from recipes.train import _callbacks, build_model, compile_model
+    from keras_hier.recipes.configs import get_config
+    from keras_hier.recipes.train import build_model, compile_model, make_callbacks
 
     variants = VARIANTS[:1] + [VARIANTS[2], VARIANTS[7]] if args.quick else VARIANTS
     n = 1024 if args.quick else args.images
@@ -121,12 +128,12 @@ def main(argv=None):
     for head, opts in variants:
         keras.utils.set_random_seed(0)
         config = get_config("cpu_small", backbone=args.backbone, head=head, lr=1e-3,
-                            batch_size=args.batch_size, **{o: True for o in opts})
+                            batch_size=args.batch_size, **option_settings(opts))
         plain_net = plain_model(get_backbone(args.backbone, shape), hierarchy.num_classes, 1e-3)
         recipe_net = build_model(config, hierarchy, shape)
         compile_model(recipe_net, config, hierarchy)
         with tempfile.TemporaryDirectory() as out:
-            plain, recipe = compare(plain_net, recipe_net, _callbacks(out, "accuracy"), data,
+            plain, recipe = compare(plain_net, recipe_net, make_callbacks(out, "accuracy"), data,
                                     args.epochs)
         # per round: the two epochs ran back to back, so they saw the same machine load
         ratios = [np.median(p[1:]) / np.median(r[1:])

@@ -69,12 +69,24 @@ def _batches(data, batch_size):
 
 
 def _forward(model):
-    """`model(x, training=True)`, traced once on TensorFlow (eager elsewhere)."""
+    """`model(x, training=True)`, traced once on TensorFlow (eager elsewhere).
+
+    A keras_hier head with EMA proxies or a dynamic scale refuses a training
+    forward pass nobody updates it from; here no update is wanted (only the
+    BatchNorm statistics), so the pass runs inside an embedding capture that
+    is thrown away.
+    """
+    from keras_hier.layers import capture_embeddings
+
+    def forward(x):
+        with capture_embeddings:
+            return model(x, training=True)
+
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(lambda x: model(x, training=True), reduce_retracing=True)
-    return lambda x: model(x, training=True)
+        return tf.function(forward, reduce_retracing=True)
+    return forward
 
 
 def recompute_batchnorm_statistics(model, data, num_batches=200, batch_size=128):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from scipy import stats
 
-from recipes import paper
+from keras_hier.recipes import paper
 
 
 def fake_results(accuracy, classwise):
@@ -22,7 +22,7 @@ def test_grid_matches_the_paper():
     names = [c[0] for c in cells]
     assert names[0] == "softmax" and names[-1] == "corr"
     assert len(cells) == 1 + 2 * 6 + 1
-    assert dict((c[0], c[2]) for c in cells)["proxydr-mds+dynamic"] == {"mds": True, "dynamic": True}
+    assert dict((c[0], c[2]) for c in cells)["proxydr-mds+dynamic"] == {"proxy_mode": "mds", "dynamic_scale": True}
 
 
 def test_aggregate_and_paired_test(tmp_path):

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from recipes import random_cnn
+from keras_hier.recipes import random_cnn
 
 
 def test_balanced_sample():
@@ -25,7 +25,7 @@ def test_recipe_end_to_end(tmp_path):
     names = np.array(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"])
     np.savez(tmp_path / "tiny_train.npz", images=images, labels=labels, label_names=names)
     out = tmp_path / "res" / "random_cnn.json"
-    rows = random_cnn.main(["--data", str(tmp_path), "--hierarchy", "cifar10", "--per-class", "4",
+    rows = random_cnn.run(["--data", str(tmp_path), "--hierarchy", "cifar10", "--per-class", "4",
                             "--seeds", "0", "1", "--n-permutations", "30", "--out", str(out)])
     assert [r["representation"] for r in rows] == ["random small_cnn", "random small_cnn", "pixels"]
     payload = json.loads(out.read_text())

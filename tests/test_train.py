@@ -1,4 +1,4 @@
-"""Tests for recipes.train / recipes.configs on a tiny synthetic dataset."""
+"""Tests for keras_hier.recipes.train / configs on a tiny synthetic dataset."""
 
 import csv
 import json
@@ -11,8 +11,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from recipes import configs
-from recipes import train as recipe
+from keras_hier.recipes import configs
+from keras_hier.recipes import train as recipe
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -55,7 +55,7 @@ def _run(code, *args, timeout=240):
 _KILLABLE = """
     import json, os, sys
     import keras
-    from recipes.train import config_from_args, train
+    from keras_hier.recipes.train import config_from_args, train
 
     kill_epoch, kill_batch, probe = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 
@@ -87,7 +87,7 @@ def test_train_end_to_end_with_kill_and_resume(tmp_path):
     cfg = _config_file(tmp_path)
     out = tmp_path / "run"
     probe = str(tmp_path / "probe")
-    args = ["--config", str(cfg), "--out", str(out), "--ema"]
+    args = ["--config", str(cfg), "--out", str(out), "--proxy-mode", "ema"]
     first = _run(_KILLABLE, "1", "1", probe, *args)
     assert first.returncode == 17, first.stderr[-3000:]
     meta = json.loads((out / "backup" / "training_metadata.json").read_text())
@@ -111,7 +111,29 @@ def test_train_end_to_end_with_kill_and_resume(tmp_path):
     assert (out / "report" / "report.md").exists() and (out / "report" / "results.json").exists()
     assert (out / "export" / "1" / "saved_model.pb").exists()
     assert (out / "best.weights.h5").exists() and (out / "logs").is_dir()
-    assert json.loads((out / "config.json").read_text())["ema"] is True
+    assert json.loads((out / "config.json").read_text())["proxy_mode"] == "ema"
+    # the hierarchical metrics stream in fit's log, for training and validation, and in TensorBoard
+    for name in ("mistake_severity", "ahd_at_5", "level_0_accuracy"):
+        assert name in summary["history"] and f"val_{name}" in summary["history"], name
+    assert 0 <= summary["history"]["val_level_0_accuracy"][-1] <= 1
+    assert np.isfinite(summary["history"]["val_ahd_at_5"]).all()
+    assert summary["history"]["ahd_at_5"][-1] > 0  # 5 predictions of 10 classes: at least 4 mistakes
+    assert "val_ahd_at_5" in open(out / "history.csv").readline()
+    for split in ("train", "validation"):
+        tags = _tensorboard_tags(out / "logs" / split)
+        assert {"epoch_mistake_severity", "epoch_ahd_at_5", "epoch_level_0_accuracy"} <= tags, (split, tags)
+    # precise BN ran before the final evaluation, and the summary records it
+    assert summary["precise_bn"]["layers"] == 4 and summary["precise_bn"]["batches"] >= 1
+
+
+def _tensorboard_tags(folder):
+    import tensorflow as tf
+
+    tags = set()
+    for path in folder.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
 
 
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
@@ -122,12 +144,12 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from recipes.train import main
+        from keras_hier.recipes.train import main
         sys.exit(main(sys.argv[1:]))
     """
     out = tmp_path / "mirrored"
     done = _run(code, "--config", str(cfg), "--out", str(out), "--strategy", "mirrored",
-                "--ema", "--dynamic", "--no-evaluate", "--no-export")
+                "--proxy-mode", "ema", "--dynamic-scale", "--no-evaluate", "--no-export")
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["replicas"] == 2 and summary["policy"] == "float32"
@@ -136,10 +158,10 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
 
 @pytest.mark.parametrize("head,loss,options", [
     ("softmax", "ce", {}),
-    ("normface", "simloss", {"dynamic": True}),
-    ("proxydr", "hxe", {"ema": True, "dynamic": True}),
-    ("proxydr", "softlabel", {"mds": True}),
-    ("corr", "ce", {"mds": True}),
+    ("normface", "simloss", {"dynamic_scale": True}),
+    ("proxydr", "hxe", {"proxy_mode": "ema", "dynamic_scale": True}),
+    ("proxydr", "softlabel", {"proxy_mode": "mds"}),
+    ("corr", "ce", {"proxy_mode": "mds"}),
 ])
 def test_every_head_and_loss_trains(head, loss, options):
     import keras
@@ -178,18 +200,56 @@ def test_configs_match_the_paper_recipe():
 
 def test_command_line_overrides(tmp_path):
     config, out = recipe.config_from_args(
-        ["--config", "cpu_cifar10", "--head", "normface", "--ema", "--no-augment",
+        ["--config", "cpu_cifar10", "--head", "normface", "--proxy-mode", "ema", "--no-augment",
          "--epochs", "2", "--batch-size", "64", "--lr", "0.01", "--seed", "4",
          "--embedding-dim", "32", "--loss", "simloss", "--loss-beta", "2.5",
          "--backbone-kwargs", '{"filters": [4, 8, 8, 8]}'])
-    assert (config["head"], config["ema"], config["augment"], config["epochs"]) == \
-        ("normface", True, False, 2)
+    assert (config["head"], config["proxy_mode"], config["augment"], config["epochs"]) == \
+        ("normface", "ema", False, 2)
     assert (config["batch_size"], config["lr"], config["seed"], config["embedding_dim"],
             config["loss"]) == (64, 0.01, 4, 32, "simloss")
     assert config["loss_beta"] == 2.5 and config["backbone_kwargs"] == {"filters": [4, 8, 8, 8]}
     assert out == os.path.join("runs", "cpu_cifar10_normface_s4")
     with pytest.raises(SystemExit):
         recipe.config_from_args(["--head", "arcface"])
+    # the old spellings still work, as deprecated aliases of the API's names
+    old, _ = recipe.config_from_args(["--head", "proxydr", "--ema", "--dynamic"])
+    new, _ = recipe.config_from_args(["--head", "proxydr", "--proxy-mode", "ema", "--dynamic-scale"])
+    assert old == new and old["proxy_mode"] == "ema" and old["dynamic_scale"] is True
+    assert recipe.config_from_args(["--mds"])[0]["proxy_mode"] == "mds"
+    assert configs.get_config("cpu_small", ema=True, dynamic=True) == new
+
+
+def test_help_documents_every_option():
+    parser = recipe.build_parser()
+    text = parser.format_help()
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, action.option_strings
+            documented = "default" in action.help or "deprecated" in action.help
+            assert documented or action.dest in ("evaluate", "export", "figures"), action.option_strings
+    assert "--proxy-mode" in text and "--dynamic-scale" in text and "--precise-bn-batches" in text
+
+
+def test_checkout_entry_points_and_installed_layout():
+    """`python -m recipes.train` works in a checkout; the wheel installs keras_hier only."""
+    import importlib
+
+    import recipes.train
+
+    assert recipes.train is importlib.import_module("keras_hier.recipes.train")
+    done = subprocess.run([sys.executable, "-m", "recipes.train", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "--proxy-mode" in done.stdout, done.stderr[-2000:]
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["keras_hier*"]
+    scripts = project["project"]["scripts"]
+    for name in ("keras-hier-train", "keras-hier-demo", "keras-hier-paper", "keras-hier-random-cnn"):
+        module, function = scripts[name].split(":")
+        assert module.startswith("keras_hier.recipes.") and callable(getattr(importlib.import_module(module), function))
+    assert all(url.startswith("https://") for url in project["project"]["urls"].values())
 
 
 def test_main_reports_bad_data_cleanly(tmp_path, capsys):
@@ -208,7 +268,8 @@ def test_resumed_fit_sees_the_same_batches(tmp_path):
     import tensorflow as tf
 
     from keras_hier.data import make_pipeline
-    from recipes.train import epoch_stream, finished_epochs
+    from keras_hier.recipes.checkpoints import finished_epochs
+    from keras_hier.recipes.train import epoch_stream
 
     images = np.arange(12, dtype=np.uint8).reshape(12, 1, 1, 1)
     labels = np.arange(12) % 2

@@ -10,7 +10,10 @@
 4. Export a TF-Serving SavedModel and query its `serving_default` signature
    with three test images, printing hierarchy-consistent answers.
 
-    python -m recipes.demo [--epochs 2] [--out runs/demo] [--hierarchy-only]
+    keras-hier-demo [--epochs 2] [--out runs/demo] [--hierarchy-only]
+
+(also `python -m keras_hier.recipes.demo`; `make demo` runs `python -m recipes.demo`
+in a checkout).
 """
 
 import argparse
@@ -45,8 +48,8 @@ def show_hierarchies():
 
 
 def train_evaluate_export(epochs, out, max_examples=None):
-    from recipes.configs import get_config
-    from recipes.train import train
+    from keras_hier.recipes.configs import get_config
+    from keras_hier.recipes.train import train
 
     config = get_config("cpu_small", dataset="fashion_mnist", head="proxydr", epochs=epochs, seed=0,
                         max_examples=max_examples, n_permutations=200, verbose=2)
@@ -91,12 +94,18 @@ def query_export(version_dir, dataset="fashion_mnist", count=3):
     return {k: np.asarray(v) for k, v in answer.items()}
 
 
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--max-examples", type=int, default=None)
-    parser.add_argument("--hierarchy-only", action="store_true")
+    """Console entry point (`keras-hier-demo`, `python -m recipes.demo`)."""
+    parser = argparse.ArgumentParser(prog="keras-hier-demo", description=__doc__, formatter_class=_Help)
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs")
+    parser.add_argument("--out", default="runs/demo", help="run directory (re-running resumes it)")
+    parser.add_argument("--max-examples", type=int, default=None,
+                        help="train on a seeded subset of this many images (default: all 54 000)")
+    parser.add_argument("--hierarchy-only", action="store_true", help="only step 1 (no TensorFlow needed)")
     args = parser.parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

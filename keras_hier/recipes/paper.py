@@ -1,12 +1,13 @@
 """The paper's grid: every head x training option x seed, resumable, one table.
 
-    python -m recipes.paper --config cpu_cifar10 --dataset PATH/cifar10_jpeg \\
-        --heads softmax normface proxydr --options standard ema --seeds 0 1 2 \\
-        --out runs/paper_cifar10
+    keras-hier-paper --config cpu_cifar10 --heads softmax normface proxydr \\
+        --options standard ema --seeds 0 1 2 --out runs/paper_cifar10 dataset=PATH/cifar10_jpeg
+
+(also `python -m keras_hier.recipes.paper`, and `python -m recipes.paper` in a checkout).
 
 Configurations (as in Kim et al., arXiv 2301.11065): Softmax; NormFace and
 ProxyDR each with standard, EMA, dynamic, EMA+dynamic, MDS, MDS+dynamic; CORR
-(with MDS proxies). Each (configuration, seed) is one `recipes.train` run in
+(with MDS proxies). Each (configuration, seed) is one `keras_hier.recipes.train` run in
 `OUT/<head>-<option>/seed<k>/`; a run whose `summary.json` exists is skipped
 and an interrupted run resumes from its last epoch, so re-running the same
 command continues the grid. The result is `OUT/table.md` (+ `table.json`):
@@ -22,13 +23,15 @@ import sys
 
 import numpy as np
 
+from keras_hier.files import atomic_write_json, atomic_write_text
+
 OPTIONS = {
     "standard": {},
-    "ema": {"ema": True},
-    "dynamic": {"dynamic": True},
-    "ema+dynamic": {"ema": True, "dynamic": True},
-    "mds": {"mds": True},
-    "mds+dynamic": {"mds": True, "dynamic": True},
+    "ema": {"proxy_mode": "ema"},
+    "dynamic": {"dynamic_scale": True},
+    "ema+dynamic": {"proxy_mode": "ema", "dynamic_scale": True},
+    "mds": {"proxy_mode": "mds"},
+    "mds+dynamic": {"proxy_mode": "mds", "dynamic_scale": True},
 }
 
 # column -> (path in the run's results, label); "summary" reads summary.json.
@@ -52,7 +55,7 @@ def grid(heads=("softmax", "normface", "proxydr", "corr"), options=tuple(OPTIONS
         if head == "softmax":
             cells.append(("softmax", "softmax", {}))
         elif head == "corr":
-            cells.append(("corr", "corr", {"mds": True}))
+            cells.append(("corr", "corr", {"proxy_mode": "mds"}))
         else:
             for option in options:
                 if option not in OPTIONS:
@@ -170,55 +173,82 @@ def collect(out):
 
 def write_table(out):
     """Aggregates the finished runs under `out` into table.md / table.json."""
-    from recipes.train import _atomic_json
-
     rows, tests = aggregate(collect(out))
     text = to_markdown(rows, tests)
-    tmp = os.path.join(out, "table.md.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(out, "table.md"))
-    _atomic_json(os.path.join(out, "table.json"), {"rows": rows, "tests": tests})
+    atomic_write_text(os.path.join(out, "table.md"), text)
+    atomic_write_json(os.path.join(out, "table.json"), {"rows": rows, "tests": tests}, default=str)
     return text
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="cpu_cifar10", help="recipes.configs preset or .json")
-    parser.add_argument("--heads", nargs="+", default=["softmax", "normface", "proxydr", "corr"])
-    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--out", default="runs/paper")
-    parser.add_argument("--table-only", action="store_true", help="only aggregate finished runs")
-    parser.add_argument("overrides", nargs="*", help="config overrides KEY=VALUE (JSON values)")
-    args, unknown = parser.parse_known_args(argv)
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from recipes.configs import get_config
-    from recipes.train import train
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
 
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="keras-hier-paper", description=__doc__, formatter_class=_Help)
+    parser.add_argument("--config", default="cpu_cifar10",
+                        help="keras_hier.recipes.configs preset or a .json file of settings")
+    parser.add_argument("--heads", nargs="+", default=["softmax", "normface", "proxydr", "corr"],
+                        choices=["softmax", "normface", "proxydr", "corr"], help="heads of the grid")
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS),
+                        help="NormFace / ProxyDR training options of the grid")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed")
+    parser.add_argument("--out", default="runs/paper", help="grid folder: OUT/<configuration>/seed<k>/")
+    parser.add_argument("--table-only", action="store_true", help="only aggregate the finished runs")
+    parser.add_argument("overrides", nargs="*", default=[],
+                        help="config settings KEY=VALUE (JSON values), e.g. dataset=PATH epochs=5")
+    return parser
+
+
+def parse_overrides(items):
+    """`["epochs=5", "dataset=/d"]` -> `{"epochs": 5, "dataset": "/d"}` (values parsed as JSON if they are)."""
     overrides = {}
-    for item in args.overrides + [u.lstrip("-") for u in unknown]:
+    for item in items:
         if "=" not in item:
-            parser.error(f"override {item!r} is not KEY=VALUE")
+            raise ValueError(f"override {item!r} is not KEY=VALUE")
         key, value = item.split("=", 1)
         try:
             overrides[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key.replace("-", "_")] = value
-    os.makedirs(args.out, exist_ok=True)
-    if not args.table_only:
-        for cell, head, option in grid(args.heads, args.options):
-            for seed in args.seeds:
-                run_dir = os.path.join(args.out, cell, f"seed{seed}")
-                if os.path.exists(os.path.join(run_dir, "summary.json")):
-                    continue
-                config = get_config(args.config, **{**overrides, "head": head, "seed": seed,
-                                                    "ema": False, "dynamic": False, "mds": False, **option})
-                config["name"] = f"{cell}-seed{seed}"
-                print(f"[paper] {cell} seed {seed} -> {run_dir}", flush=True)
-                train(config, run_dir)
-                write_table(args.out)
-    print(write_table(args.out))
+    return overrides
+
+
+def run_grid(config, heads, options, seeds, out, overrides):
+    """Trains every unfinished (configuration, seed) of the grid under `out`, updating the table."""
+    from keras_hier.recipes.configs import get_config
+    from keras_hier.recipes.train import train
+
+    for cell, head, option in grid(heads, options):
+        for seed in seeds:
+            run_dir = os.path.join(out, cell, f"seed{seed}")
+            if os.path.exists(os.path.join(run_dir, "summary.json")):
+                continue
+            settings = {**overrides, "head": head, "seed": seed, "proxy_mode": "learned",
+                        "dynamic_scale": False, **option}
+            for old in ("ema", "mds", "dynamic"):
+                settings.pop(old, None)
+            cfg = get_config(config, **settings)
+            cfg["name"] = f"{cell}-seed{seed}"
+            print(f"[paper] {cell} seed {seed} -> {run_dir}", flush=True)
+            train(cfg, run_dir)
+            write_table(out)
+
+
+def main(argv=None):
+    """Console entry point (`keras-hier-paper`, `python -m keras_hier.recipes.paper`)."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        overrides = parse_overrides(args.overrides + [u.lstrip("-") for u in unknown])
+        os.makedirs(args.out, exist_ok=True)
+        if not args.table_only:
+            run_grid(args.config, args.heads, args.options, args.seeds, args.out, overrides)
+        print(write_table(args.out))
+    except (ValueError, ConnectionError, OSError) as err:
+        print(f"keras-hier-paper: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

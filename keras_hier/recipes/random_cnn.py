@@ -8,21 +8,24 @@ the permutation null (class labels of the tree shuffled). Raw pixels are
 reported as a reference point.
 
 Usage:
-    python -m recipes.random_cnn --data DIR_OR_NPZ --hierarchy cifar10 \
+    keras-hier-random-cnn --data DIR_OR_NPZ --hierarchy cifar10 \
         [--per-class 500] [--seeds 0 1 2] [--n-permutations 1000] [--out results.json]
+
+(also `python -m keras_hier.recipes.random_cnn`, and `python -m recipes.random_cnn`
+in a checkout).
 
 `--data` is anything `keras_hier.data.load_arrays` reads (a directory of
 .npz parts, an .npz file, a directory of Fashion-MNIST IDX files, ...).
 """
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
+
+from keras_hier.files import atomic_write_json
 
 MEASURES = ("spearman_classwise", "spearman_classwise_offdiag", "spearman_pairwise")
 
@@ -90,21 +93,31 @@ def markdown(rows, ceiling, hierarchy_name, n_perm):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="keras-hier-random-cnn", description=__doc__, formatter_class=_Help)
     parser.add_argument("--data", required=True, help="dataset path for keras_hier.data.load_arrays")
     parser.add_argument("--hierarchy", required=True, choices=["cifar10", "cifar100", "fashion_mnist"])
-    parser.add_argument("--split", default="train")
+    parser.add_argument("--split", default="train", help="split of --data to sample")
     parser.add_argument("--per-class", type=int, default=500, help="images per class (class-balanced sample)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--backbone", default="small_cnn")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one random backbone per seed")
+    parser.add_argument("--backbone", default="small_cnn", choices=["small_cnn", "resnet18", "resnet50"],
+                        help="backbone with random weights")
     parser.add_argument("--embedding-dim", type=int, default=None,
                         help="add a random Dense embedding of this size after the backbone")
-    parser.add_argument("--n-permutations", type=int, default=1000)
-    parser.add_argument("--distance", default="path", choices=["path", "lca_height"])
+    parser.add_argument("--n-permutations", type=int, default=1000, help="permutations of the null distribution")
+    parser.add_argument("--distance", default="path", choices=["path", "lca_height"], help="tree distance")
     parser.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel reference row")
     parser.add_argument("--out", default=None, help="write all results as JSON here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(argv=None):
+    """Runs the study for the command line `argv`; returns the table rows."""
+    args = _parser().parse_args(argv)
 
     from keras_hier import data, hierarchies
     from keras_hier.evaluation import class_means, hierarchical_inference
@@ -144,18 +157,25 @@ def main(argv=None):
 
     text = markdown(rows, ceiling, args.hierarchy, args.n_permutations)
     print()
-    print(f"Command: python -m recipes.random_cnn {' '.join(sys.argv[1:] if argv is None else argv)}")
+    print(f"Command: keras-hier-random-cnn {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(text)
     if args.out:
         payload = {"args": vars(args), "ceiling": ceiling, "rows": rows, "runs": runs, "markdown": text}
-        directory = os.path.dirname(os.path.abspath(args.out))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".random_cnn.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, args.out)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        atomic_write_json(args.out, payload)
     return rows
 
 
+def main(argv=None):
+    """Console entry point (`keras-hier-random-cnn`); returns the exit status."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        run(argv)
+    except (ValueError, OSError) as err:
+        print(f"keras-hier-random-cnn: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

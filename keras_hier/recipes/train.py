@@ -1,0 +1,605 @@
+"""Train, evaluate and export a hierarchy-aware classifier in one command.
+
+    keras-hier-train --config cpu_small --dataset fashion_mnist \\
+        --head proxydr --proxy-mode ema --epochs 3 --out runs/fmnist_proxydr
+
+(also `python -m keras_hier.recipes.train`, and `python -m recipes.train` in a
+checkout). The run directory `--out` receives:
+
+- `config.json`: the resolved configuration (a re-run must ask for the same
+  training settings; it may change epochs, evaluation and export options);
+- `backup/`: the training state after every epoch (weights, optimizer,
+  epoch): re-running the same command after a kill resumes from the last
+  finished epoch; a finished run is not trained again;
+- `best.weights.h5` (+ `best.json`): the best epoch by validation accuracy;
+- `logs/`: TensorBoard; `history.csv`: per-epoch metrics (accuracy, mistake
+  severity, AHD@k and level accuracies, on training and validation data);
+- `report/`: `report.md`, `results.json` and figures of `keras_hier.evaluate`
+  on the test split, with the best weights and precise BatchNorm statistics;
+- `export/<version>/`: the TF-Serving SavedModel (`keras_hier.export_saved_model`);
+- `summary.json`: the headline numbers.
+
+On GPUs the mixed_float16 policy is used automatically and several GPUs are
+used through `tf.distribute.MirroredStrategy`.
+"""
+
+import argparse
+import inspect
+import json
+import math
+import os
+import sys
+import time
+import warnings
+
+from keras_hier.files import atomic_write_json
+from keras_hier.recipes.configs import (BACKBONE_NAMES, CONFIGS, DEFAULTS, HEADS, LOSSES, PROXY_MODES,
+                                        config_differences, get_config, validate_config)
+
+__all__ = ["build_parser", "setup_devices", "load_hierarchy", "load_data", "check_backbone_kwargs", "build_model",
+           "build_loss", "build_metrics", "compile_model", "make_callbacks", "epoch_stream",
+           "prepare_run_dir", "run_evaluation", "run_export", "train",
+           "config_from_args", "main", "HEADS", "LOSSES", "PROXY_MODES"]
+
+#: Above this many classes the [C, C]-table metrics (mistake severity, AHD@k) are left out of `fit`.
+MAX_TABLE_METRIC_CLASSES = 4096
+
+
+def _log(message):
+    print(f"[keras_hier] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------- devices and data
+def setup_devices(config):
+    """Chooses the distribution strategy and the dtype policy.
+
+    Returns:
+        `(strategy, policy_name)`.
+    """
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    mp = str(config["mixed_precision"]).lower()
+    if mp not in ("auto", "on", "off", "true", "false"):
+        raise ValueError(f"mixed_precision must be auto/on/off, got {config['mixed_precision']!r}")
+    use_mp = bool(gpus) if mp == "auto" else mp in ("on", "true")
+    policy = "mixed_float16" if use_mp else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    kind = config["strategy"]
+    if kind not in ("auto", "mirrored", "default"):
+        raise ValueError(f"strategy must be auto/mirrored/default, got {kind!r}")
+    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        strategy = tf.distribute.MirroredStrategy(devices=devices)
+    else:
+        strategy = tf.distribute.get_strategy()
+    return strategy, policy
+
+
+def load_hierarchy(spec):
+    """A Hierarchy from a CSV (`Class,Path` table) or JSON file; None passes through."""
+    if spec is None:
+        return None
+    from keras_hier.hierarchy import Hierarchy
+
+    if not os.path.isfile(spec):
+        raise ValueError(f"hierarchy file {spec} does not exist")
+    if str(spec).endswith(".json"):
+        return Hierarchy.from_json(spec)
+    if str(spec).endswith(".csv"):
+        return Hierarchy.from_csv(spec)
+    raise ValueError(f"--hierarchy must be a .csv or .json file, got {spec!r}")
+
+
+def load_data(config):
+    """(train LoadedData with validation, test LoadedData, un-augmented training batches)."""
+    from keras_hier.data import load_dataset
+
+    common = dict(hierarchy=load_hierarchy(config["hierarchy"]), batch_size=config["batch_size"],
+                  seed=config["seed"], data_dir=config["data_dir"],
+                  manual_dir=config["manual_dir"])
+    train = load_dataset(config["dataset"], "train", validation_split=config["validation_split"],
+                         augment=config["augment"], max_examples=config["max_examples"], **common)
+    common["hierarchy"] = train.hierarchy
+    test = load_dataset(config["dataset"], "test", shuffle=False,
+                        max_examples=config["max_test_examples"], **common)
+    plain = train.dataset
+    if config["augment"]:  # class means and BN statistics from un-augmented training images
+        plain = load_dataset(config["dataset"], "train", shuffle=False,
+                             validation_split=config["validation_split"],
+                             max_examples=config["max_examples"], **common).dataset
+    return train, test, plain
+
+
+# --------------------------------------------------------------------------- model
+def _supported(fn, kwargs):
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def check_backbone_kwargs(config):
+    """Refuses `backbone_kwargs` keys the backbone builder does not take, naming them."""
+    from keras_hier.backbones import BACKBONES
+
+    builder = BACKBONES[config["backbone"]]
+    params = inspect.signature(builder).parameters
+    accepted = sorted(p for p in params if p not in ("input_shape", "weights"))
+    unknown = sorted(set(config.get("backbone_kwargs") or {}) - set(accepted))
+    if unknown:
+        raise ValueError(f"--backbone-kwargs: {config['backbone']} takes no argument(s) {unknown}; "
+                         f"it takes {accepted}")
+
+
+def build_model(config, hierarchy, input_shape):
+    """Backbone + embedding + head via `keras_hier.build_classifier`."""
+    import keras_hier
+    from keras_hier.backbones import get_backbone
+
+    validate_config(config)
+    check_backbone_kwargs(config)
+    head = config["head"]
+    bkw = dict(config.get("backbone_kwargs") or {})
+    if config["backbone"] == "resnet50":
+        bkw["weights"] = config["backbone_weights"]
+    backbone = get_backbone(config["backbone"], input_shape, **bkw)
+    kwargs = dict(head=head, num_classes=hierarchy.num_classes,
+                  embedding_dim=int(config["embedding_dim"]), hierarchy=hierarchy)
+    if head in ("normface", "proxydr"):
+        kwargs["proxy_mode"] = config["proxy_mode"]
+        kwargs["dynamic_scale"] = bool(config["dynamic_scale"])
+        if not config["dynamic_scale"]:  # dynamic: the head starts from its own initial s
+            kwargs["scale"] = float(config["scale"])
+        if config["proxy_mode"] == "mds":
+            kwargs["mds_seed"] = int(config["seed"])
+    elif head == "corr":
+        kwargs["mds_seed"] = int(config["seed"])
+    return keras_hier.build_classifier(backbone, **kwargs)
+
+
+def build_loss(config, hierarchy):
+    """The training loss named by `config["loss"]` (CORR head: `CORRLoss`)."""
+    import keras
+    import keras_hier
+
+    if config["head"] == "corr":
+        return keras_hier.CORRLoss()
+    name = config["loss"]
+    if name == "ce":
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if name == "simloss":
+        cls = keras_hier.SimLoss
+        kw = dict(hierarchy=hierarchy, beta=config["loss_beta"])
+    elif name == "hxe":
+        cls = keras_hier.HierarchicalCrossEntropy
+        kw = dict(hierarchy=hierarchy, alpha=config["loss_alpha"])
+    elif name == "softlabel":
+        cls = keras_hier.SoftLabelCrossEntropy
+        kw = dict(hierarchy=hierarchy, beta=config["loss_beta"])
+    else:
+        raise ValueError(f"--loss must be one of {LOSSES}, got {name!r}")
+    return cls(**_supported(cls.__init__, kw))
+
+
+def build_metrics(hierarchy, k=5):
+    """The metrics `fit` shows every epoch, on training and validation data.
+
+    Accuracy; `MistakeSeverity` and `AverageHierarchicalDistanceAtK` (path
+    distance; left out above `MAX_TABLE_METRIC_CLASSES` classes, where their
+    [C, C] table would not fit); `LevelAccuracy` of every level above the
+    classes.
+    """
+    import keras
+
+    from keras_hier import metrics
+
+    found = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if hierarchy.num_classes <= MAX_TABLE_METRIC_CLASSES:
+        found += [metrics.MistakeSeverity(hierarchy),
+                  metrics.AverageHierarchicalDistanceAtK(hierarchy, k=min(int(k), hierarchy.num_classes))]
+    else:
+        _log(f"{hierarchy.num_classes} classes: mistake severity and AHD@k are left to the final report")
+    found += [metrics.LevelAccuracy(hierarchy, level=level) for level in range(hierarchy.depth - 1)]
+    return found
+
+
+def compile_model(model, config, hierarchy):
+    """Adam (AdamW with `weight_decay`), the configured loss and `build_metrics`."""
+    import keras
+
+    kw = {"learning_rate": config["lr"]}
+    if config["weight_decay"]:
+        optimizer = keras.optimizers.AdamW(weight_decay=config["weight_decay"], **kw)
+    else:
+        optimizer = keras.optimizers.Adam(**kw)
+    model.compile(optimizer=optimizer, loss=build_loss(config, hierarchy),
+                  metrics=build_metrics(hierarchy, config.get("metrics_k", 5)))
+
+
+# --------------------------------------------------------------------------- callbacks
+def make_callbacks(out, monitor):
+    """Backup, best checkpoint, CSV log and TensorBoard callbacks of a run folder."""
+    import keras
+
+    from keras_hier.recipes.checkpoints import BestCheckpoint, EpochBackup
+
+    callbacks = [
+        EpochBackup(os.path.join(out, "backup")),
+        BestCheckpoint(os.path.join(out, "best.weights.h5"), monitor),
+        keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
+    ]
+    try:
+        import tensorboard  # noqa: F401  (tf.summary needs it)
+
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(out, "logs"), write_graph=False))
+    except ImportError:
+        _log("tensorboard is not installed: no TensorBoard logs")
+    return callbacks
+
+
+def epoch_stream(dataset, finished=0):
+    """One endless stream of epochs whose order survives a kill.
+
+    `tf.data`'s seeded `shuffle(reshuffle_each_iteration=True)` draws epoch
+    e's order from its e-th iterator, and `fit` may create more than one
+    iterator per epoch, so a resumed process would not continue the killed
+    run's sequence. Here the epochs are `dataset.repeat()` read through one
+    iterator (`fit(steps_per_epoch=...)`), and a resumed run skips the
+    `finished` epochs it already trained on. Skipping runs the pipeline (the
+    shuffle and the augmentation layers' random state advance exactly as
+    they did), without training.
+
+    Returns:
+        `(stream, steps_per_epoch)`.
+    """
+    steps = int(dataset.cardinality())
+    if steps <= 0:
+        raise ValueError("the training dataset must be finite with a known number of batches")
+    stream = dataset.repeat()
+    if finished:
+        stream = stream.skip(finished * steps)
+    return stream, steps
+
+
+# --------------------------------------------------------------------------- the run folder
+def _check_writable(out):
+    """Refuses an `--out` that is a file or lies in a folder this process cannot write."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} exists and is not a folder; give a folder for the run")
+    parent = os.path.abspath(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(13, f"--out {out}: {parent} is not writable")
+
+
+def prepare_run_dir(config, out):
+    """Checks the request against the run folder before anything is written.
+
+    A new folder is fine; an existing one must hold a config with the same
+    training settings (`configs.config_differences`), else nothing is
+    written and the error lists the differing keys.
+
+    Returns:
+        The stored config (None for a new run).
+    """
+    from keras_hier.recipes.checkpoints import RunFileError, read_json
+
+    validate_config(config)
+    check_backbone_kwargs(config)
+    _check_writable(out)
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        return None
+    stored = read_json(path)
+    if not isinstance(stored, dict):
+        raise RunFileError(f"{path} is damaged (not a JSON object of settings)")
+    diffs = config_differences(stored, config)
+    if diffs:
+        listed = "; ".join(f"{key}: stored {old!r}, requested {new!r}" for key, old, new in diffs)
+        raise ValueError(f"{out} holds a run with other training settings ({listed}). Repeat the run's "
+                         f"settings (see {path}) to resume it, or give a new --out to start a new run")
+    return stored
+
+
+def write_config(config, out):
+    """Creates the run folder and writes `config.json` (an OSError names the folder)."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        atomic_write_json(os.path.join(out, "config.json"), config, default=str)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write the run folder {out}: {err.strerror or err}") from err
+
+
+# --------------------------------------------------------------------------- the job
+def run_evaluation(model, test, train_plain, hierarchy, config, out):
+    """`keras_hier.evaluate` on the test split + `report` into out/report."""
+    from keras_hier.evaluation import evaluate, report
+
+    results = evaluate(model, test, hierarchy, train_dataset=train_plain,
+                       n_permutations=config["n_permutations"], seed=config["seed"])
+    results.setdefault("meta", {})["config"] = config
+    path = report(results, os.path.join(out, "report"), hierarchy=hierarchy,
+                  figures=config["figures"])
+    return results, path
+
+
+def run_export(model, hierarchy, config, out, summary):
+    """`keras_hier.export_saved_model` into out/export/<next version>."""
+    from keras_hier.export import export_saved_model
+
+    card = {"training": {k: config[k] for k in ("dataset", "backbone", "head", "proxy_mode",
+                                                 "dynamic_scale", "loss", "epochs", "seed")},
+            "metrics": {k: v for k, v in summary.items() if isinstance(v, (int, float))}}
+    return export_saved_model(model, hierarchy, os.path.join(out, "export"), model_card=card)
+
+
+def _precise_bn(model, train_plain, test, config):
+    """Recomputes BN statistics on training batches; the test accuracy before it, for the record."""
+    from keras_hier.batchnorm import batchnorm_layers, recompute_batchnorm_statistics
+
+    if not config["precise_bn_batches"] or not batchnorm_layers(model):
+        return None
+    before = model.evaluate(test, verbose=0, return_dict=True)
+    info = recompute_batchnorm_statistics(model, train_plain, num_batches=int(config["precise_bn_batches"]))
+    info["test_accuracy_moving_averages"] = float(before["accuracy"])
+    return info
+
+
+def _fit(model, config, train_data, out, callbacks, strategy):
+    """Resumes from the backup (if any) and runs `fit`; returns (history, finished before)."""
+    from keras_hier.recipes.checkpoints import restore_backup
+
+    with strategy.scope():
+        finished = restore_backup(model, os.path.join(out, "backup"))
+    if finished:
+        _log(f"resuming after epoch {finished} from {os.path.join(out, 'backup')}")
+    stream, steps = epoch_stream(train_data.dataset, finished)
+    monitor = "val_accuracy" if train_data.validation is not None else "accuracy"
+    verbose = config["verbose"]
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    history = model.fit(stream, steps_per_epoch=steps, validation_data=train_data.validation,
+                        epochs=int(config["epochs"]), initial_epoch=min(finished, int(config["epochs"])),
+                        verbose=int(verbose), shuffle=False,
+                        callbacks=make_callbacks(out, monitor) + list(callbacks))
+    return history, finished
+
+
+def _finish(model, config, out, data, summary):
+    """Best weights, precise BN, test accuracy, report and export; fills `summary`."""
+    from keras_hier.recipes.checkpoints import load_best, save_weights
+
+    train_data, test_data, train_plain = data
+    hierarchy = train_data.hierarchy
+    save_weights(model, os.path.join(out, "final.weights.h5"))
+    best = load_best(model, os.path.join(out, "best.weights.h5"))
+    if best is not None:
+        summary["best"] = best
+    precise = _precise_bn(model, train_plain, test_data.dataset, config)
+    if precise:
+        summary["precise_bn"] = precise
+    test_metrics = model.evaluate(test_data.dataset, verbose=0, return_dict=True)
+    summary["test_accuracy"] = float(test_metrics["accuracy"])
+    summary["test_loss"] = float(test_metrics["loss"])
+    summary["test_metrics"] = {k: float(v) for k, v in test_metrics.items() if math.isfinite(float(v))}
+    if config["evaluate"]:
+        results, path = run_evaluation(model, test_data.dataset, train_plain, hierarchy, config, out)
+        summary["report"] = path
+        summary["classification"] = {k: v for k, v in results.get("classification", {}).items()
+                                     if isinstance(v, (int, float))}
+    if config["export"]:
+        summary["export"] = run_export(model, hierarchy, config, out, summary)
+    atomic_write_json(os.path.join(out, "summary.json"), summary, default=str)
+    return summary
+
+
+def train(config, out, callbacks=()):
+    """Runs one configuration end to end; returns the summary dict.
+
+    Args:
+        config: dict from `keras_hier.recipes.configs.get_config`.
+        out: run directory (created; reused to resume: its stored config must
+            have the same training settings).
+        callbacks: extra Keras callbacks for `fit`.
+    """
+    import keras
+
+    prepare_run_dir(config, out)
+    keras.utils.set_random_seed(int(config["seed"]))
+    strategy, policy = setup_devices(config)
+    start = time.time()
+    data = load_data(config)
+    train_data, test_data, _ = data
+    hierarchy = train_data.hierarchy
+    with strategy.scope():
+        model = build_model(config, hierarchy, train_data.input_shape)
+        compile_model(model, config, hierarchy)
+    write_config(config, out)
+    _log(f"{config['name']}: {config['head']} head on {config['dataset']} ({train_data.num_examples} train / "
+         f"{train_data.num_validation} val / {test_data.num_examples} test, {hierarchy.num_classes} classes), "
+         f"policy {policy}, {strategy.num_replicas_in_sync} replica(s), run dir {out}")
+    history, _ = _fit(model, config, train_data, out, callbacks, strategy)
+    summary = {"config": config["name"], "epochs": int(config["epochs"]),
+               "train_seconds": round(time.time() - start, 1), "policy": policy,
+               "replicas": int(strategy.num_replicas_in_sync),
+               "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
+    summary = _finish(model, config, out, data, summary)
+    _log(f"test accuracy {summary['test_accuracy']:.4f}; report: {summary.get('report')}; "
+         f"export: {summary.get('export')}")
+    return summary
+
+
+# --------------------------------------------------------------------------- CLI
+def _number(kind, minimum, inclusive=True, below=None):
+    """An argparse `type` parsing `kind` (int or float) in [minimum, below) (or (minimum, ...))."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        ok = math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+        if not ok or (below is not None and value >= below):
+            bound = f"{'>=' if inclusive else '>'} {minimum}" + (f" and < {below}" if below is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+_positive_int = _number(int, 1)
+_nonnegative_int = _number(int, 0)
+_positive_float = _number(float, 0.0, inclusive=False)
+_nonnegative_float = _number(float, 0.0)
+_fraction = _number(float, 0.0, below=1.0)
+
+
+def _json_object(text):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object like '{{\"filters\": [8, 16]}}', got {text!r}")
+    return value
+
+
+def _dflt(key):
+    return f" (default: {DEFAULTS[key]!r} unless the --config preset sets it)"
+
+
+class _DeprecatedFlag(argparse.Action):
+    """`--ema` / `--mds` / `--dynamic` (and `--no-...`): old spellings, with a deprecation warning."""
+
+    def __init__(self, option_strings, dest, new=None, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, nargs=0, default=None, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        value = not option_string.startswith("--no-")
+        warnings.warn(f"{option_string} is deprecated: use {self.new}", DeprecationWarning, stacklevel=2)
+        print(f"keras-hier-train: note: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, value)
+
+
+def _add_model_options(p):
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", choices=BACKBONE_NAMES, help="backbone network" + _dflt("backbone"))
+    g.add_argument("--backbone-weights", dest="backbone_weights", metavar="PATH",
+                   help="resnet50 only: a local weights file, or 'imagenet' (Keras cache)" + _dflt("backbone_weights"))
+    g.add_argument("--backbone-kwargs", dest="backbone_kwargs", type=_json_object, metavar="JSON",
+                   help='JSON object of backbone builder arguments, e.g. \'{"filters": [16, 32, 64, 64]}\''
+                   + _dflt("backbone_kwargs"))
+    g.add_argument("--head", choices=HEADS, help="classification head" + _dflt("head"))
+    g.add_argument("--proxy-mode", dest="proxy_mode", choices=PROXY_MODES,
+                   help="NormFace/ProxyDR proxies, as build_classifier(proxy_mode=...): learned by gradient, "
+                   "ema (moving average of class embeddings) or mds (fixed MDS proxies)" + _dflt("proxy_mode"))
+    g.add_argument("--dynamic-scale", dest="dynamic_scale", action=argparse.BooleanOptionalAction, default=None,
+                   help="NormFace/ProxyDR dynamic scale, as dynamic_scale=True" + _dflt("dynamic_scale"))
+    g.add_argument("--scale", type=_positive_float, help="fixed head scale s" + _dflt("scale"))
+    g.add_argument("--embedding-dim", dest="embedding_dim", type=_positive_int,
+                   help="embedding size D" + _dflt("embedding_dim"))
+    for old, new in (("ema", "--proxy-mode ema"), ("mds", "--proxy-mode mds"), ("dynamic", "--dynamic-scale")):
+        g.add_argument(f"--{old}", f"--no-{old}", dest=old, action=_DeprecatedFlag, new=new,
+                       help=f"deprecated spelling of {new}")
+
+
+def _add_training_options(p):
+    g = p.add_argument_group("training")
+    g.add_argument("--loss", choices=LOSSES, help="training loss" + _dflt("loss"))
+    g.add_argument("--loss-beta", dest="loss_beta", type=_positive_float,
+                   help="SimLoss / soft labels: S = exp(-beta * t)" + _dflt("loss_beta"))
+    g.add_argument("--loss-alpha", dest="loss_alpha", type=_nonnegative_float,
+                   help="HXE: lambda = exp(-alpha * height)" + _dflt("loss_alpha"))
+    g.add_argument("--epochs", type=_positive_int, help="number of epochs" + _dflt("epochs"))
+    g.add_argument("--batch-size", dest="batch_size", type=_positive_int, help="batch size" + _dflt("batch_size"))
+    g.add_argument("--lr", type=_positive_float, help="Adam learning rate" + _dflt("lr"))
+    g.add_argument("--weight-decay", dest="weight_decay", type=_nonnegative_float,
+                   help="AdamW weight decay (0: Adam)" + _dflt("weight_decay"))
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random affine + flip augmentation" + _dflt("augment"))
+    g.add_argument("--seed", type=_nonnegative_int, help="seed of the split, shuffling and weights" + _dflt("seed"))
+    g.add_argument("--precise-bn-batches", dest="precise_bn_batches", type=_nonnegative_int,
+                   help="recompute BatchNorm statistics over this many training batches before the final "
+                   "evaluation (0: keep the moving averages)" + _dflt("precise_bn_batches"))
+    g.add_argument("--metrics-k", dest="metrics_k", type=_positive_int,
+                   help="k of the AHD@k metric shown while training" + _dflt("metrics_k"))
+    g.add_argument("--mixed-precision", dest="mixed_precision", choices=["auto", "on", "off"],
+                   help="mixed_float16 policy (auto: on GPUs)" + _dflt("mixed_precision"))
+    g.add_argument("--strategy", choices=["auto", "mirrored", "default"],
+                   help="distribution strategy (auto: MirroredStrategy on several GPUs)" + _dflt("strategy"))
+    g.add_argument("--verbose", type=int, choices=[0, 1, 2], help="fit's verbosity (default: 1 on a terminal, else 2)")
+
+
+def _add_data_options(p):
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="tfds name or a local path (.npz, IDX folder, image folder)" + _dflt("dataset"))
+    g.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="tfds data directory" + _dflt("data_dir"))
+    g.add_argument("--manual-dir", dest="manual_dir", metavar="DIR",
+                   help="folder with a tfds dataset's original archives" + _dflt("manual_dir"))
+    g.add_argument("--hierarchy", metavar="FILE",
+                   help="hierarchy .csv/.json (default: the dataset's built-in one, or its folders)")
+    g.add_argument("--validation-split", dest="validation_split", type=_fraction,
+                   help="fraction of the training split held out for validation" + _dflt("validation_split"))
+    g.add_argument("--max-examples", dest="max_examples", type=_positive_int,
+                   help="train on a seeded subset of this many images (default: all)")
+    g.add_argument("--max-test-examples", dest="max_test_examples", type=_positive_int,
+                   help="evaluate on this many test images (default: all)")
+
+
+def _add_output_options(p):
+    g = p.add_argument_group("outputs")
+    g.add_argument("--n-permutations", dest="n_permutations", type=_nonnegative_int,
+                   help="permutations of the evaluation's null distribution" + _dflt("n_permutations"))
+    g.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=None,
+                   help="write report/ with keras_hier.evaluate (default: on)")
+    g.add_argument("--export", action=argparse.BooleanOptionalAction, default=None,
+                   help="export a TF-Serving SavedModel to export/<version> (default: on)")
+    g.add_argument("--figures", action=argparse.BooleanOptionalAction, default=None,
+                   help="figures in the report (default: on)")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="keras-hier-train", description=__doc__.split("\n\n")[0],
+                                epilog="Every option left out takes the --config preset's value, else the "
+                                "default shown. Re-running a command with the same --out resumes the run.")
+    p.add_argument("--config", default="cpu_small",
+                   help=f"preset ({', '.join(sorted(CONFIGS))}) or a .json file of settings (default: cpu_small)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<config>_<head>_s<seed>)")
+    _add_data_options(p)
+    _add_model_options(p)
+    _add_training_options(p)
+    _add_output_options(p)
+    return p
+
+
+def config_from_args(argv=None):
+    """Parses the command line into `(config, out)`; ValueError for a bad preset or file."""
+    args = vars(build_parser().parse_args(argv))
+    name, out = args.pop("config"), args.pop("out")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the flags already said so
+        config = get_config(name, **{k: v for k, v in args.items() if k in DEFAULTS or k in ("ema", "mds", "dynamic")})
+    out = out or os.path.join("runs", f"{config['name']}_{config['head']}_s{config['seed']}")
+    return config, out
+
+
+def main(argv=None):
+    """Console entry point (`keras-hier-train`, `python -m keras_hier.recipes.train`)."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        config, out = config_from_args(argv)
+        train(config, out)
+    except (ValueError, ConnectionError, OSError) as err:
+        print(f"keras-hier-train: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
