@@ -143,7 +143,6 @@ def _prepare_database_copy(database_dir):
     return nltk_root, target
 
 
-@functools.lru_cache(maxsize=4)
 def get_wordnet(wordnet_dir=None):
     """Returns an NLTK WordNet reader, offline.
 
@@ -158,6 +157,11 @@ def get_wordnet(wordnet_dir=None):
     Raises:
         RuntimeError: no WordNet found; the message says how to get one.
     """
+    return _cached_wordnet(None if wordnet_dir is None else os.fspath(wordnet_dir))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_wordnet(wordnet_dir):
     import nltk
 
     if wordnet_dir is None:
@@ -387,13 +391,17 @@ def _database_lines(name, wordnet_dir):
     return reader.open(name).read().splitlines()
 
 
-@functools.lru_cache(maxsize=2)
 def noun_graph(wordnet_dir=None):
     """The WordNet 3.0 noun `NounGraph` (cached; offline; about a second).
 
     Args:
         wordnet_dir: a WordNet 3.0 database folder (see `get_wordnet`).
     """
+    return _cached_noun_graph(None if wordnet_dir is None else os.fspath(wordnet_dir))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_noun_graph(wordnet_dir):
     senses = {}
     for line in _database_lines("index.noun", wordnet_dir):
         if line.startswith(" "):
