@@ -255,6 +255,7 @@ def plot_distance_matrices(representatives, hierarchy, path=None, name="represen
         ax.set_title(title, fontsize=10)
         _axis_labels(ax, hierarchy, order, i == 0)
         fig.colorbar(im, ax=ax, shrink=0.8, label=label)
+    _add_legend(fig, hierarchy)  # the label colours: top-level groups
     if path is not None:
         save_figure(fig, path)
     return fig

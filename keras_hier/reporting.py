@@ -46,6 +46,10 @@ MEASURES = {
 }
 
 
+_DECODERS = {"argmax": "the most probable class",
+             "expected_cost": "the class with the smallest expected tree distance to the label (CRM)"}
+
+
 def report(results, path, hierarchy=None, figures=True, level=None):
     """Writes `results.json`, `report.md` and PNG figures into directory `path`.
 
@@ -139,12 +143,13 @@ def _fmt(v):
         return f"{v:.4f}"
     if isinstance(v, (list, tuple)) and len(v) > 12:
         return f"{len(v)} entries"
-    return str(v).replace("|", "\\|")
+    return str(v)
 
 
 def _table(rows, header=("measure", "value", "meaning")):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    cells = [[(c if isinstance(c, str) else _fmt(c)).replace("|", "\\|") for c in row] for row in rows]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return lines + [""]
 
 
@@ -167,7 +172,7 @@ def _classification_section(cls):
     rows += [(f"accuracy at level {lv}", _fmt(acc), "prediction and label mapped to their level-"
               f"{lv} ancestors") for lv, acc in enumerate(cls.get("level_accuracy", []))]
     for name, dec in cls.get("decoders", {}).items():
-        rows += [(f"{name} decoder: {key}", _fmt(dec.get(key)), f"{key} of the `{name}` decoder's prediction")
+        rows += [(f"{name} decoder: {key}", _fmt(dec.get(key)), f"{key} when predicting {_DECODERS.get(name, name)}")
                  for key in ("accuracy", "ahc", "mistake_severity")]
     lines += _table(rows)
     if cls.get("classes_absent"):
