@@ -1,44 +1,61 @@
 """Versioned SavedModels for TF-Serving with hierarchy-consistent predictions.
 
 `export_saved_model` writes `export_base/<version>/` the way TF-Serving's
-file-system source expects: a `saved_model.pb`, `variables/` and `assets/`
+file-system source expects: `saved_model.pb`, `variables/` and `assets/`
 (`hierarchy.json`, `model_card.json`), plus a `README.md` listing the
-signatures. The version is written into a hidden temporary directory inside
-`export_base` and renamed into place, so a server polling the folder never sees
-a half-written version; an existing version is never overwritten.
+signatures. The SavedModel is built with Keras' `keras.export.ExportArchive`
+(which tracks the TensorFlow variables behind the Keras ones), so TensorFlow's
+C++ loader (`LoadSavedModel`, what TF-Serving runs) restores every weight.
+The graph holds TensorFlow ops only: no Keras, no keras_hier at serving time.
 
 Signatures (both return the same dict of outputs, see `output_names`):
-- `serving_default`: `images`, a batch of images as the model takes them
-  (`[batch, height, width, channels]`, the model's input dtype, or uint8 when
-  `input_dtype="uint8"`, scaled by `pixel_scale` in the graph);
-- `serving_bytes`: `image_bytes`, a batch of encoded JPEG/PNG/BMP/GIF strings
+- `serving_default`: the model's own inputs, any shape and dtype, one named
+  input per model input (an image model's single input is named `images`;
+  strings, e.g. for a model holding a `TextVectorization` layer, are fine);
+- `serving_bytes` (image models only: one input [batch, height, width,
+  channels]): `image_bytes`, a batch of encoded JPEG/PNG/BMP/GIF strings
   (what a REST client sends as `{"b64": ...}`), decoded, resized to
   `image_size` and scaled by `pixel_scale` inside the graph.
 
-The graph holds only TensorFlow ops: a process with TensorFlow alone (no Keras,
-no keras_hier) loads and runs it.
+Versions: written into a hidden staging folder inside `export_base`, made
+readable (umask modes), then claimed by an atomic rename: a polling server
+never sees half a version, an existing version is never overwritten, and two
+processes exporting into one base at once both succeed with distinct
+versions. Staging folders left by a killed export are removed by the next
+export once they are older than `STALE_SECONDS`.
 """
 
+import dataclasses
 import datetime
-import json
+import errno
 import os
 import re
 import shutil
 import tempfile
+import time
 
 import numpy as np
 
-from keras_hier import decoding
+from keras_hier import decoding, files
+from keras_hier.outputs import resolve_from_logits
 from keras_hier.serving_graph import serving_decoder
 
-__all__ = ["export_saved_model", "output_names", "existing_versions", "SIGNATURE_DEFAULT", "SIGNATURE_BYTES"]
+__all__ = ["export_saved_model", "output_names", "existing_versions", "SIGNATURE_DEFAULT", "SIGNATURE_BYTES",
+           "MAX_IMAGE_PIXELS", "MAX_VERSION", "STALE_SECONDS"]
 
 SIGNATURE_DEFAULT = "serving_default"
 SIGNATURE_BYTES = "serving_bytes"
 IMAGES_INPUT = "images"
 BYTES_INPUT = "image_bytes"
+#: Default limit on width x height of an image sent to `serving_bytes` (checked before decoding).
+MAX_IMAGE_PIXELS = 4096 * 4096
+#: TF-Serving parses version folders as int64.
+MAX_VERSION = 2 ** 63 - 1
+#: Staging folders older than this (seconds) are left-overs of a killed export.
+STALE_SECONDS = 600
+_STAGING_PREFIX = ".staging-"
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-_INPUT_DTYPES = _FLOAT_DTYPES + ("uint8",)
+_IMAGE_DTYPES = _FLOAT_DTYPES + ("uint8",)
 
 
 def output_names(hierarchy, top_k=5, backoff_threshold=None):
@@ -54,6 +71,13 @@ def output_names(hierarchy, top_k=5, backoff_threshold=None):
         `top_k_scores`, `top_k_classes`], `level_<l>_ids`, `level_<l>_names`,
         `level_<l>_scores` for every level, [`prediction`, `prediction_level`,
         `prediction_score`].
+
+    Example:
+
+    >>> from keras_hier import Hierarchy
+    >>> output_names(Hierarchy.from_paths(["a/x", "b/y"]), top_k=None)
+    ['classes', 'class_ids', 'scores', 'level_0_ids', 'level_0_names', 'level_0_scores', 'level_1_ids', \
+'level_1_names', 'level_1_scores']
     """
     names = ["classes", "class_ids", "scores"]
     if top_k:
@@ -73,178 +97,63 @@ def existing_versions(export_base):
                   if re.fullmatch(r"\d+", name) and os.path.isdir(os.path.join(export_base, name)))
 
 
-def _model_input_spec(model):
-    """(shape, dtype) of the model's single image input."""
+# ------------------------------------------------------------------ arguments
+@dataclasses.dataclass
+class _Input:
+    """One model input as the signature takes it."""
+
+    name: str
+    shape: tuple
+    dtype: str
+
+
+@dataclasses.dataclass
+class _Options:
+    decoder: str
+    cost: str
+    backoff_threshold: object
+    top_k: object
+    from_logits: bool
+    inputs: list
+    image: bool  # a single image input: `images` + the serving_bytes signature
+    model_dtype: str = None
+    image_size: tuple = None
+    pixel_scale: float = 1.0 / 255.0
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+
+
+def _model_inputs(model):
+    """The model's inputs as `_Input`s (names made valid signature keys, unique)."""
     inputs = getattr(model, "inputs", None)
-    if inputs is None:
-        raise ValueError(f"{type(model).__name__} has no defined inputs; build it on a keras.Input "
-                         "(functional or Sequential with an Input layer) before exporting")
-    if len(inputs) != 1:
-        raise ValueError(f"export_saved_model needs a model with one image input; "
-                         f"{model.name!r} has {len(inputs)} inputs")
-    shape = tuple(inputs[0].shape)
-    dtype = str(inputs[0].dtype)
-    if len(shape) != 4:
-        raise ValueError(f"export_saved_model needs an image input [batch, height, width, channels]; "
-                         f"model {model.name!r} takes shape {shape}")
-    if shape[-1] is None:
-        raise ValueError(f"model {model.name!r}: the channel count of its input {shape} must be known")
-    return shape, dtype
+    if not inputs:
+        raise ValueError(f"{type(model).__name__} {getattr(model, 'name', '')!r} has no defined inputs; build it "
+                         "on keras.Input(...) (functional, or Sequential starting with an Input) before exporting")
+    specs, seen = [], set()
+    for index, tensor in enumerate(inputs):
+        name = re.sub(r"[^A-Za-z0-9_]", "_", str(getattr(tensor, "name", "") or f"input_{index}")) or f"input_{index}"
+        if name[0].isdigit() or name in seen:
+            name = f"input_{index}_{name}"
+        seen.add(name)
+        specs.append(_Input(name, tuple(tensor.shape), str(tensor.dtype)))
+    return specs
 
 
-def _check_version(export_base, version):
-    versions = existing_versions(export_base)
-    if version is None:
-        return (versions[-1] + 1) if versions else 1
-    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 0:
-        raise ValueError(f"version must be a non-negative int (TF-Serving version directory), got {version!r}")
-    version = int(version)
-    target = os.path.join(export_base, str(version))
-    if os.path.exists(target):
-        raise FileExistsError(f"version {version} already exists at {target}; refusing to overwrite it "
-                              f"(existing versions: {versions}; pass version=None for the next free one)")
-    return version
+def _is_image_input(specs):
+    return len(specs) == 1 and len(specs[0].shape) == 4 and specs[0].shape[-1] is not None \
+        and specs[0].dtype in _IMAGE_DTYPES
 
 
-def _json_ready(value, where):
-    try:
-        return json.loads(json.dumps(value))
-    except (TypeError, ValueError) as error:
-        raise TypeError(f"{where} must be JSON-serialisable: {error}") from None
-
-def _make_module(model, hierarchy, *, decoder, cost, backoff_threshold, top_k, from_logits, image_size,
-                 model_shape, model_dtype, input_dtype, pixel_scale):
-    import tensorflow as tf
-
-    channels = model_shape[-1]
-    decode = serving_decoder(hierarchy, decoder=decoder, cost=cost, backoff_threshold=backoff_threshold,
-                              top_k=top_k, from_logits=from_logits)
-
-    def to_model_input(images):
-        """Casts/scales serving inputs (uint8 pixels or floats) to the model's dtype."""
-        if images.dtype == tf.uint8 and model_dtype != "uint8":
-            images = tf.cast(images, tf.float32) * pixel_scale
-        return tf.cast(images, model_dtype)
-
-    expected_shape = [None, *model_shape[1:]]
-
-    def outputs(images):
-        # Signatures do not check shapes when called (nor does TF-Serving): check in the graph, with a
-        # message naming the input, before the model sees a wrong tensor.
-        images = tf.ensure_shape(images, expected_shape, name="check_image_shape")
-        logits = model(to_model_input(images), training=False)
-        if logits.shape.rank != 2 or logits.shape[-1] not in (None, hierarchy.num_classes):
-            raise ValueError(f"model output {logits.shape} is not [batch, {hierarchy.num_classes}]")
-        return decode(tf.ensure_shape(logits, [None, hierarchy.num_classes]))
-
-    image_spec = tf.TensorSpec([None, *model_shape[1:]], dtype=input_dtype, name=IMAGES_INPUT)
-
-    @tf.function(input_signature=[image_spec], autograph=False)
-    def serving_default(images):
-        return outputs(images)
-
-    height, width = image_size
-
-    def decode_one(data):
-        image = tf.io.decode_image(data, channels=channels, expand_animations=False, dtype=tf.uint8)
-        image = tf.image.resize(image, (height, width), method="bilinear")
-        return tf.ensure_shape(image, (height, width, channels))  # float32 in 0..255
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)], autograph=False)
-    def serving_bytes(image_bytes):
-        pixels = tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.TensorSpec(
-            (height, width, channels), tf.float32))
-        if model_dtype == "uint8":
-            images = tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
-        else:
-            images = tf.cast(pixels * pixel_scale, model_dtype)
-        return outputs(images)
-
-    module = tf.Module(name="keras_hier_export")
-    module.model_variables = list(model.variables)
-    module.serving_default = serving_default
-    module.serving_bytes = serving_bytes
-    return module, {SIGNATURE_DEFAULT: serving_default, SIGNATURE_BYTES: serving_bytes}
-
-
-def export_saved_model(model, hierarchy, export_base, version=None, decoder="argmax", backoff_threshold=None,
-                       top_k=5, image_size=None, model_card=None, *, cost="path", from_logits=True,
-                       input_dtype=None, pixel_scale=1.0 / 255.0):
-    """Writes a TF-Serving SavedModel that returns hierarchy-consistent predictions.
-
-    Every prediction's ancestor chain comes from the hierarchy (`level_<l>_ids`
-    equals `hierarchy.ancestors(l)[class_ids]`), node scores are marginals
-    (sums of class probabilities, so a parent never scores below its child),
-    and with back-off the answer is the deepest node of the chain whose
-    marginal reaches the threshold.
-
-    Args:
-        model: a Keras model mapping images [batch, H, W, channels] to class
-            logits (or probabilities, `from_logits=False`) [batch, C].
-        hierarchy: `keras_hier.Hierarchy` with C classes (same order as the
-            model's outputs).
-        export_base: the model's base path (what `--model_base_path` points
-            at); created if missing.
-        version: integer version directory; default: the next free one
-            (1 for an empty base). An existing version raises `FileExistsError`.
-        decoder: `"argmax"` or `"expected_cost"` (see `keras_hier.decoding`).
-        backoff_threshold: optional float in (0, 1]; adds `prediction`,
-            `prediction_level` (-1 = root) and `prediction_score`.
-        top_k: number of ranked classes in `top_k_*` (None: no such outputs).
-        image_size: (height, width) that `serving_bytes` resizes decoded images
-            to; default the model's input size (required when it is not fixed).
-        model_card: optional JSON-able dict merged into `model_card.json`
-            (e.g. `{"training": {...}, "metrics": {...}}`).
-        cost: tree cost of the `expected_cost` decoder (`"path"` or `"lca_height"`).
-        from_logits: whether the model outputs logits (softmax in the graph).
-        input_dtype: dtype of the `images` input; default the model's input
-            dtype. `"uint8"` for a float model casts and multiplies by
-            `pixel_scale` in the graph.
-        pixel_scale: factor applied to uint8 pixels (decoded bytes, uint8
-            `images`) before a float model; default 1/255 (inputs in [0, 1]).
-
-    Returns:
-        The path of the written version directory (str).
-
-    Example:
-
-    ```python
-    path = keras_hier.export_saved_model(model, hierarchy, "/models/plankton",
-                                         decoder="expected_cost", backoff_threshold=0.6)
-    # tensorflow_model_server --model_base_path=/models/plankton --model_name=plankton ...
-    ```
-    """
-    import keras
-
-    decoding.check_hierarchy(hierarchy)
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
-    if decoder not in decoding.DECODERS:
-        raise ValueError(f"unknown decoder {decoder!r}; use one of {decoding.DECODERS}")
-    if cost not in decoding.COSTS:
-        raise ValueError(f"unknown cost {cost!r}; use one of {decoding.COSTS}")
-    if backoff_threshold is not None and (isinstance(backoff_threshold, bool) or not isinstance(
-            backoff_threshold, (int, float, np.floating)) or not 0.0 < float(backoff_threshold) <= 1.0):
-        raise ValueError(f"backoff_threshold must be a float in (0, 1], got {backoff_threshold!r}")
-    if backoff_threshold is not None:
-        backoff_threshold = float(backoff_threshold)
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-    top_k = None if top_k is None else int(min(top_k, hierarchy.num_classes))
-
-    model_shape, model_dtype = _model_input_spec(model)
-    if model_dtype not in _INPUT_DTYPES:
-        raise ValueError(f"model {model.name!r} takes {model_dtype} inputs; export supports {_INPUT_DTYPES}")
+def _image_options(spec, image_size, input_dtype, pixel_scale, max_image_pixels, where):
+    """Validates the image-only arguments; returns (spec renamed `images`, image_size, scale, limit)."""
+    model_dtype = spec.dtype
     input_dtype = model_dtype if input_dtype is None else str(input_dtype)
-    if input_dtype not in _INPUT_DTYPES:
-        raise ValueError(f"input_dtype must be one of {_INPUT_DTYPES}, got {input_dtype!r}")
-    if input_dtype != model_dtype and input_dtype != "uint8":
-        raise ValueError(f"input_dtype {input_dtype!r} differs from the model's {model_dtype!r}; "
-                         "only 'uint8' (raw pixels, scaled by pixel_scale) may differ")
-    fixed = model_shape[1:3]
+    if input_dtype not in _IMAGE_DTYPES or (input_dtype != model_dtype and input_dtype != "uint8"):
+        raise ValueError(f"input_dtype {input_dtype!r}: use the model's {model_dtype!r} or 'uint8' (raw pixels, "
+                         "scaled by pixel_scale in the graph)")
+    fixed = spec.shape[1:3]
     if image_size is None:
         if None in fixed:
-            raise ValueError(f"model {model.name!r} takes images of any size {model_shape}; pass "
+            raise ValueError(f"model {where!r} takes images of any size {spec.shape}; pass "
                              "image_size=(height, width) for the serving_bytes signature")
         image_size = fixed
     try:
@@ -255,61 +164,357 @@ def export_saved_model(model, hierarchy, export_base, version=None, decoder="arg
         raise ValueError(f"image_size must be (height, width) with positive ints, got {image_size!r}")
     if any(f is not None and f != s for f, s in zip(fixed, image_size)):
         raise ValueError(f"image_size {image_size} differs from the model's input size {fixed}")
-    if not isinstance(pixel_scale, (int, float, np.floating)) or isinstance(pixel_scale, bool):
+    if isinstance(pixel_scale, bool) or not isinstance(pixel_scale, (int, float, np.floating)):
         raise TypeError(f"pixel_scale must be a number, got {pixel_scale!r}")
+    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, (int, np.integer)) \
+            or max_image_pixels < 1:
+        raise ValueError(f"max_image_pixels must be a positive int, got {max_image_pixels!r}")
+    return _Input(IMAGES_INPUT, spec.shape, input_dtype), image_size, float(pixel_scale), int(max_image_pixels)
 
-    # The model must give one score per class of the hierarchy.
-    probe_shape = (1, *image_size, model_shape[-1])
-    probe = model(np.zeros(probe_shape, dtype=model_dtype if model_dtype != "bfloat16" else "float32"),
-                  training=False)
-    out_shape = tuple(probe.shape)
-    if len(out_shape) != 2 or out_shape[-1] != hierarchy.num_classes:
-        raise ValueError(f"model {model.name!r} outputs shape {out_shape} but the hierarchy has "
+
+def _check_output(model, hierarchy, options):
+    """Calls the model once on zeros and checks it gives [batch, C] class scores."""
+    probes = []
+    for spec in options.inputs:
+        shape = [1] + [d if d is not None else 8 for d in spec.shape[1:]]
+        if options.image:
+            shape[1:3] = options.image_size
+        dtype = options.model_dtype if options.image else spec.dtype
+        probes.append(np.full(shape, "", dtype=object) if dtype == "string" else
+                      np.zeros(shape, "float32" if dtype == "bfloat16" else dtype))
+    out = model(probes[0] if len(probes) == 1 else _pack(model, probes), training=False)
+    shape = tuple(getattr(out, "shape", ()))
+    if len(shape) != 2 or shape[-1] != hierarchy.num_classes:
+        raise ValueError(f"model {model.name!r} outputs shape {shape} but the hierarchy has "
                          f"{hierarchy.num_classes} classes: expected [batch, {hierarchy.num_classes}] "
                          "(class scores in hierarchy.classes order)")
-    card_extra = {} if model_card is None else model_card
-    if not isinstance(card_extra, dict):
-        raise TypeError(f"model_card must be a dict, got {type(model_card).__name__}")
-    card_extra = _json_ready(card_extra, "model_card")
 
-    export_base = os.fspath(export_base)
-    os.makedirs(export_base, exist_ok=True)
-    version = _check_version(export_base, version)
 
+def _pack(model, flat):
+    """Flat inputs -> the structure the model was built on (list or dict of inputs)."""
+    import keras
+
+    return keras.tree.pack_sequence_as(model.input, list(flat))
+
+
+def _options(model, hierarchy, decoder, cost, backoff_threshold, top_k, from_logits, image_size, input_dtype,
+             pixel_scale, max_image_pixels):
+    """Validates every argument at the public boundary; returns `_Options`."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            f"export_saved_model runs under KERAS_BACKEND=tensorflow (this process uses "
+            f"{keras.backend.backend()!r}): save the trained model (model.save('m.keras')), then export it "
+            "from a process started with KERAS_BACKEND=tensorflow; weights do not depend on the backend")
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a keras.Model, got {type(model).__name__}")
+    backoff_threshold, top_k = decoding.check_decoder_arguments(hierarchy, decoder, cost, backoff_threshold, top_k)
+    from_logits = resolve_from_logits(from_logits, model, where="export_saved_model")
+    specs = _model_inputs(model)
+    options = _Options(decoder, cost, backoff_threshold, top_k, from_logits, specs, _is_image_input(specs))
+    if options.image:
+        options.model_dtype = specs[0].dtype
+        spec, options.image_size, options.pixel_scale, options.max_image_pixels = _image_options(
+            specs[0], image_size, input_dtype, pixel_scale, max_image_pixels, model.name)
+        options.inputs = [spec]
+    elif image_size is not None or input_dtype is not None:
+        raise ValueError(f"image_size / input_dtype apply to image models (one input [batch, height, width, "
+                         f"channels]); model {model.name!r} takes {[(s.name, s.shape) for s in specs]}")
+    _check_output(model, hierarchy, options)
+    return options
+
+
+# --------------------------------------------------------------- the signatures
+def _signature_functions(model, hierarchy, options):
+    """{signature name: (python function, input signature)} of the export (TensorFlow ops only)."""
     import tensorflow as tf
 
-    module, signatures = _make_module(
-        model, hierarchy, decoder=decoder, cost=cost, backoff_threshold=backoff_threshold, top_k=top_k,
-        from_logits=from_logits, image_size=image_size, model_shape=model_shape, model_dtype=model_dtype,
-        input_dtype=input_dtype, pixel_scale=float(pixel_scale))
-    card = _model_card(model, hierarchy, version=version, decoder=decoder, cost=cost, top_k=top_k,
-                       backoff_threshold=backoff_threshold, from_logits=from_logits, image_size=image_size,
-                       images_shape=[None, *model_shape[1:]], input_dtype=input_dtype,
-                       pixel_scale=float(pixel_scale), extra=card_extra)
+    decode = serving_decoder(hierarchy, decoder=options.decoder, cost=options.cost,
+                             backoff_threshold=options.backoff_threshold, top_k=options.top_k,
+                             from_logits=options.from_logits)
 
-    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base)  # not an integer: servers skip it
+    def outputs(tensors):
+        checked = [_checked_input(t, spec) for t, spec in zip(tensors, options.inputs)]
+        if options.image:
+            checked = [_to_model_dtype(checked[0], options)]
+        return decode(_scores(model, checked, hierarchy))
+
+    specs = [tf.TensorSpec([None, *s.shape[1:]], s.dtype, name=s.name) for s in options.inputs]
+    functions = {SIGNATURE_DEFAULT: (lambda *tensors: outputs(tensors), specs)}
+    if options.image:
+        def from_bytes(image_bytes):
+            return decode(_scores(model, [_decode_images(image_bytes, options)], hierarchy))
+
+        functions[SIGNATURE_BYTES] = (from_bytes, [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
+    return functions
+
+
+def _scores(model, tensors, hierarchy):
+    """[B, C] model scores; an empty batch gives [0, C] (Keras layers fail on 0 rows: one filler row is
+    run and dropped)."""
+    import tensorflow as tf
+
+    batch = tf.shape(tensors[0])[0]
+    extra = tf.cast(tf.equal(batch, 0), tf.int32)
+    padded = [tf.concat([t, tf.zeros(tf.concat([[extra], tf.shape(t)[1:]], 0), t.dtype)], 0) for t in tensors]
+    scores = model(padded[0] if len(padded) == 1 else _pack(model, padded), training=False)
+    return tf.ensure_shape(scores[:batch], [None, hierarchy.num_classes])
+
+
+def _checked_input(tensor, spec):
+    """Shape checked in the graph (signatures do not check it, nor does TF-Serving); NaN/inf refused."""
+    import tensorflow as tf
+
+    tensor = tf.ensure_shape(tensor, [None, *spec.shape[1:]], name=f"check_{spec.name}_shape")
+    if tensor.dtype.is_floating:
+        tensor = tf.debugging.check_numerics(tensor, f"input {spec.name!r} holds NaN or inf")
+    return tensor
+
+
+def _to_model_dtype(images, options):
+    """uint8 pixels for a float model: cast and scaled by `pixel_scale`; else cast to the model's dtype."""
+    import tensorflow as tf
+
+    if images.dtype == tf.uint8 and options.model_dtype != "uint8":
+        images = tf.cast(images, tf.float32) * options.pixel_scale
+    return tf.cast(images, options.model_dtype)
+
+
+def _image_header_pixels(data):
+    """width * height from a PNG / GIF / BMP / JPEG header (int64; -1: not one of these formats)."""
+    import tensorflow as tf
+
+    padded = tf.strings.join([data, tf.constant(b"\0" * 32)])
+
+    def unsigned(pos, size, big_endian):
+        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, pos, size), tf.uint8), tf.int64)
+        weights = tf.constant([256 ** (size - 1 - k) if big_endian else 256 ** k for k in range(size)], tf.int64)
+        return tf.reduce_sum(raw * weights)
+
+    def signed32(pos):
+        value = unsigned(pos, 4, False)
+        return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
+
+    magic = tf.strings.substr(padded, 0, 8)
+    is_png = tf.equal(magic, b"\x89PNG\r\n\x1a\n")
+    is_gif = tf.equal(tf.strings.substr(padded, 0, 3), b"GIF")
+    is_bmp = tf.equal(tf.strings.substr(padded, 0, 2), b"BM")
+    is_jpeg = tf.equal(tf.strings.substr(padded, 0, 2), b"\xff\xd8")
+    return tf.case([
+        (is_png, lambda: unsigned(16, 4, True) * unsigned(20, 4, True)),
+        (is_gif, lambda: unsigned(6, 2, False) * unsigned(8, 2, False)),
+        (is_bmp, lambda: signed32(18) * signed32(22)),
+        (is_jpeg, lambda: tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)))],
+        default=lambda: tf.constant(-1, tf.int64), exclusive=False)
+
+
+def _decode_images(image_bytes, options):
+    """Encoded images -> [B, height, width, channels] in the model's dtype; errors name the image index."""
+    import tensorflow as tf
+
+    height, width = options.image_size
+    channels = options.inputs[0].shape[-1]
+    limit = options.max_image_pixels
+
+    def decode_one(args):
+        index, data = args
+        pixels = _image_header_pixels(data)
+        checks = [tf.debugging.Assert(pixels >= 0, [BYTES_INPUT, index, "is not a JPEG, PNG, GIF or BMP image"]),
+                  tf.debugging.Assert(pixels <= limit, [BYTES_INPUT, index, "has", pixels,
+                                                        "pixels, above the limit of", limit, "(max_image_pixels)"])]
+        with tf.control_dependencies(checks):
+            image = tf.io.decode_image(data, channels=channels, expand_animations=False, dtype=tf.uint8)
+        image = tf.image.resize(image, (height, width), method="bilinear")
+        return tf.ensure_shape(image, (height, width, channels))  # float32 in 0..255
+
+    indices = tf.range(tf.shape(image_bytes)[0])
+    pixels = tf.map_fn(decode_one, (indices, image_bytes),
+                       fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32))
+    if options.model_dtype == "uint8":
+        return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
+    return tf.cast(pixels * options.pixel_scale, options.model_dtype)
+
+
+def _archive(model, hierarchy, options):
+    """A `keras.export.ExportArchive` tracking the model, with the signatures as endpoints."""
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, (fn, signature) in _signature_functions(model, hierarchy, options).items():
+        archive.add_endpoint(name, fn, input_signature=signature)
+    return archive
+
+
+# ------------------------------------------------------------------- versions
+def _remove_stale_staging(export_base, now=None):
+    now = time.time() if now is None else now
+    for name in os.listdir(export_base):
+        path = os.path.join(export_base, name)
+        if name.startswith(_STAGING_PREFIX) and os.path.isdir(path):
+            try:
+                if now - os.path.getmtime(path) > STALE_SECONDS:
+                    shutil.rmtree(path, ignore_errors=True)
+            except FileNotFoundError:  # removed by a concurrent export
+                pass
+
+
+def _check_version(version):
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or not 0 <= version <= MAX_VERSION:
+        raise ValueError(f"version must be an int in [0, 2**63 - 1] (TF-Serving's int64 version folder), "
+                         f"got {version!r}")
+    return int(version)
+
+
+def _next_version(export_base):
+    versions = [v for v in existing_versions(export_base) if v <= MAX_VERSION]
+    version = (versions[-1] + 1) if versions else 1
+    if version > MAX_VERSION:
+        raise ValueError(f"{export_base}: the next version would exceed 2**63 - 1 (TF-Serving's int64)")
+    return version
+
+
+def _refuse_existing(export_base, version):
+    target = os.path.join(export_base, str(version))
+    if os.path.exists(target):
+        raise FileExistsError(f"version {version} already exists at {target}; refusing to overwrite it "
+                              f"(existing versions: {existing_versions(export_base)}; pass version=None "
+                              "for the next free one)")
+
+
+def _claim(staging, export_base, version, write_metadata):
+    """Renames `staging` to `export_base/<version>`; with `version=None`, the next free one (retried)."""
+    explicit = version is not None
+    for _ in range(1000):
+        target_version = version if explicit else _next_version(export_base)
+        write_metadata(target_version)
+        target = os.path.join(export_base, str(target_version))
+        if explicit:
+            _refuse_existing(export_base, version)
+        try:
+            os.rename(staging, target)  # atomic; fails if another export claimed the folder first
+            return target
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            if explicit:
+                raise FileExistsError(f"version {version} appeared at {target} during the export; "
+                                      "not overwritten") from None
+    raise RuntimeError(f"{export_base}: could not claim a version after 1000 attempts")
+
+
+def export_saved_model(model, hierarchy, export_base, version=None, decoder="argmax", backoff_threshold=None,
+                       top_k=5, image_size=None, model_card=None, *, cost="path", from_logits=None,
+                       input_dtype=None, pixel_scale=1.0 / 255.0, max_image_pixels=MAX_IMAGE_PIXELS):
+    """Writes a TF-Serving SavedModel that returns hierarchy-consistent predictions.
+
+    Every prediction's ancestor chain comes from the hierarchy (`level_<l>_ids`
+    equals `hierarchy.ancestors(l)[class_ids]`), node scores are marginals
+    (sums of class probabilities, so a parent never scores below its child),
+    and with back-off the answer is the deepest node of the chain whose
+    marginal reaches the threshold.
+
+    Args:
+        model: a Keras model (functional or Sequential, built on
+            `keras.Input`s) mapping its inputs (images, float vectors,
+            strings, several named inputs) to class scores [batch, C].
+        hierarchy: `keras_hier.Hierarchy` with C classes (same order as the
+            model's outputs).
+        export_base: the model's base path (what `--model_base_path` points
+            at); created if missing.
+        version: integer version folder in [0, 2**63 - 1]; default: the next
+            free one (1 for an empty base). An existing version raises
+            `FileExistsError`.
+        decoder: `"argmax"` or `"expected_cost"` (see `keras_hier.decoding`).
+        backoff_threshold: optional float in (0, 1]; adds `prediction`,
+            `prediction_level` (-1 = root) and `prediction_score`.
+        top_k: number of ranked classes in `top_k_*` (None: no such outputs).
+        image_size: image models: (height, width) that `serving_bytes`
+            resizes decoded images to; default the model's input size.
+        model_card: optional JSON-able dict merged into `model_card.json`
+            (e.g. `{"training": {...}, "metrics": {...}}`).
+        cost: tree cost of the `expected_cost` decoder (`"path"` or `"lca_height"`).
+        from_logits: whether the model outputs logits. None (default): as
+            Keras' losses do, probabilities when the model ends in a softmax
+            (`Dense(C, activation="softmax")`, a `Softmax` layer), else
+            logits; the served scores are then the model's probabilities.
+        input_dtype: image models: dtype of the `images` input; `"uint8"`
+            for a float model casts and multiplies by `pixel_scale` in the graph.
+        pixel_scale: factor applied to uint8 pixels before a float model
+            (default 1/255: inputs in [0, 1]).
+        max_image_pixels: largest width x height `serving_bytes` decodes
+            (read from the image header before decoding).
+
+    Returns:
+        The path of the written version folder (str).
+
+    Raises:
+        RuntimeError: under a Keras backend other than TensorFlow (the message
+            says how to export such a model).
+
+    Example:
+
+    ```python
+    path = keras_hier.export_saved_model(model, hierarchy, "/models/plankton",
+                                         decoder="expected_cost", backoff_threshold=0.6)
+    # tensorflow_model_server --model_base_path=/models/plankton --model_name=plankton ...
+    ```
+    """
+    if version is not None:
+        version = _check_version(version)
+    options = _options(model, hierarchy, decoder, cost, backoff_threshold, top_k, from_logits, image_size,
+                       input_dtype, pixel_scale, max_image_pixels)
+    card_extra = _json_ready(model_card)
+    export_base = os.fspath(export_base)
+    os.makedirs(export_base, exist_ok=True)
+    if version is not None:
+        _refuse_existing(export_base, version)
+    _remove_stale_staging(export_base)
+    archive = _archive(model, hierarchy, options)
+    staging = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=export_base)  # servers skip it
     try:
-        with tempfile.TemporaryDirectory() as source:
-            for name, payload in (("hierarchy.json", hierarchy.to_dict()), ("model_card.json", card)):
-                with open(os.path.join(source, name), "w", encoding="utf-8") as f:
-                    json.dump(payload, f, indent=1)
-            module.hierarchy_json = tf.saved_model.Asset(os.path.join(source, "hierarchy.json"))
-            module.model_card_json = tf.saved_model.Asset(os.path.join(source, "model_card.json"))
-            tf.saved_model.save(module, staging, signatures=signatures)
-        with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as f:
-            f.write(_readme(hierarchy, card))
-        target = os.path.join(export_base, str(version))
-        if os.path.exists(target):  # appeared while we were writing
-            raise FileExistsError(f"version {version} appeared at {target} during the export; not overwritten")
-        os.rename(staging, target)
+        archive.write_out(staging, verbose=False)
+        os.makedirs(os.path.join(staging, "assets"), exist_ok=True)
+        files.atomic_write_json(os.path.join(staging, "assets", "hierarchy.json"), hierarchy.to_dict(), indent=1)
+
+        def write_metadata(target_version):
+            card = _model_card(model, hierarchy, options, target_version, card_extra)
+            files.atomic_write_json(os.path.join(staging, "assets", "model_card.json"), card, indent=1)
+            files.atomic_write_text(os.path.join(staging, "README.md"), _readme(hierarchy, card))
+            files.make_readable(staging)
+
+        return _claim(staging, export_base, version, write_metadata)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return target
 
 
-def _model_card(model, hierarchy, *, version, decoder, cost, top_k, backoff_threshold, from_logits, image_size,
-                images_shape, input_dtype, pixel_scale, extra):
+# ----------------------------------------------------------------- model card
+def _json_ready(value):
+    import json
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"model_card must be a dict, got {type(value).__name__}")
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"model_card must be JSON-serialisable: {error}") from None
+
+
+def _signature_card(options):
+    inputs = {s.name: {"dtype": s.dtype, "shape": [None, *s.shape[1:]]} for s in options.inputs}
+    signatures = {SIGNATURE_DEFAULT: {"inputs": inputs}}
+    if options.image:
+        signatures[SIGNATURE_BYTES] = {"inputs": {BYTES_INPUT: {
+            "dtype": "string", "shape": [None], "image_size": list(options.image_size),
+            "max_image_pixels": options.max_image_pixels}}}
+    return signatures
+
+
+def _model_card(model, hierarchy, options, version, extra):
     import keras_hier
 
     levels = [{"level": level, "num_nodes": hierarchy.num_nodes(level), "names": hierarchy.level_names(level)}
@@ -324,19 +529,15 @@ def _model_card(model, hierarchy, *, version, decoder, cost, top_k, backoff_thre
         "classes": list(hierarchy.classes),
         "depth": hierarchy.depth,
         "levels": levels,
-        "decoder": decoder,
-        "cost": cost if decoder == "expected_cost" else None,
-        "backoff_threshold": backoff_threshold,
+        "decoder": options.decoder,
+        "cost": options.cost if options.decoder == "expected_cost" else None,
+        "backoff_threshold": options.backoff_threshold,
         "root_name": decoding.ROOT_NAME,
-        "top_k": top_k,
-        "from_logits": bool(from_logits),
-        "signatures": {
-            SIGNATURE_DEFAULT: {"inputs": {IMAGES_INPUT: {"dtype": input_dtype, "shape": list(images_shape)}}},
-            SIGNATURE_BYTES: {"inputs": {BYTES_INPUT: {"dtype": "string", "shape": [None],
-                                                      "image_size": list(image_size)}}},
-        },
-        "pixel_scale": pixel_scale,
-        "outputs": output_names(hierarchy, top_k, backoff_threshold),
+        "top_k": options.top_k,
+        "from_logits": options.from_logits,
+        "signatures": _signature_card(options),
+        "pixel_scale": options.pixel_scale if options.image else None,
+        "outputs": output_names(hierarchy, options.top_k, options.backoff_threshold),
         "training": None,
         "metrics": None,
     }
@@ -358,31 +559,33 @@ _OUTPUT_DOCS = {
 }
 
 
+def _output_doc(name, hierarchy):
+    match = re.fullmatch(r"level_(\d+)_(ids|names|scores)", name)
+    if not match:
+        return _OUTPUT_DOCS[name]
+    level, kind = int(match.group(1)), match.group(2)
+    what = {"ids": "int32 [B]: node id", "names": "string [B]: node name",
+            "scores": "float32 [B]: probability (sum over the classes below)"}[kind]
+    return f"{what} of the predicted class's ancestor at level {level} ({hierarchy.num_nodes(level)} nodes)"
+
+
 def _readme(hierarchy, card):
+    extras = (f" (cost `{card['cost']}`)" if card["cost"] else "") + (
+        f", back-off threshold {card['backoff_threshold']}" if card["backoff_threshold"] is not None else "")
     lines = [f"# {card['model_name']}, version {card['version']}", "",
              f"Exported by keras_hier {card['keras_hier_version']} on {card['created']}. "
-             f"{hierarchy.num_classes} classes, {hierarchy.depth} levels; decoder `{card['decoder']}`"
-             + (f" (cost `{card['cost']}`)" if card["cost"] else "")
-             + (f", back-off threshold {card['backoff_threshold']}" if card["backoff_threshold"] is not None else "")
-             + ".", "",
-             "## Signatures", "",
-             f"- `{SIGNATURE_DEFAULT}`: input `{IMAGES_INPUT}` "
-             f"{card['signatures'][SIGNATURE_DEFAULT]['inputs'][IMAGES_INPUT]['dtype']} "
-             f"{card['signatures'][SIGNATURE_DEFAULT]['inputs'][IMAGES_INPUT]['shape']}",
-             f"- `{SIGNATURE_BYTES}`: input `{BYTES_INPUT}` string [B], encoded JPEG/PNG (REST: "
-             f'`{{"b64": ...}}`), resized to {card["signatures"][SIGNATURE_BYTES]["inputs"][BYTES_INPUT]["image_size"]}'
-             f" and scaled by {card['pixel_scale']:.6g}", "",
-             "## Outputs (both signatures)", ""]
-    for name in card["outputs"]:
-        match = re.fullmatch(r"level_(\d+)_(ids|names|scores)", name)
-        if match:
-            level, kind = int(match.group(1)), match.group(2)
-            what = {"ids": "int32 [B]: node id", "names": "string [B]: node name",
-                    "scores": "float32 [B]: probability (sum over the classes below)"}[kind]
-            doc = f"{what} of the predicted class's ancestor at level {level} ({hierarchy.num_nodes(level)} nodes)"
-        else:
-            doc = _OUTPUT_DOCS[name]
-        lines.append(f"- `{name}`: {doc}")
+             f"{hierarchy.num_classes} classes, {hierarchy.depth} levels; decoder `{card['decoder']}`{extras}; "
+             f"model outputs {'logits' if card['from_logits'] else 'probabilities'}.", "", "## Signatures", ""]
+    for signature, spec in card["signatures"].items():
+        inputs = ", ".join(f"`{name}` {s['dtype']} {s['shape']}" for name, s in spec["inputs"].items())
+        lines.append(f"- `{signature}`: {inputs}")
+        if signature == SIGNATURE_BYTES:
+            bytes_spec = spec["inputs"][BYTES_INPUT]
+            lines[-1] += (f": encoded JPEG/PNG/BMP/GIF (REST: `{{\"b64\": ...}}`), at most "
+                          f"{bytes_spec['max_image_pixels']} pixels, resized to {bytes_spec['image_size']} "
+                          f"and scaled by {card['pixel_scale']:.6g}")
+    lines += ["", "## Outputs (every signature)", ""]
+    lines += [f"- `{name}`: {_output_doc(name, hierarchy)}" for name in card["outputs"]]
     lines += ["", "Node names per level and the class list are in `assets/model_card.json`; the hierarchy "
               "(`keras_hier.Hierarchy.from_dict`) in `assets/hierarchy.json`.", ""]
     return "\n".join(lines)

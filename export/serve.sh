@@ -1,0 +1,1 @@
+../keras_hier/serving_kit/serve.sh
