@@ -14,7 +14,16 @@ float32 logits [256, C], and measures
   object is built (so the dense S, its distance matrices and the traced
   graph all count).
 
+Section "dense_simloss" (`--dense-classes`, default 1 000 and 10 000): the
+dense `SimLoss(S)` against the plain formulation with S as a tensor
+(-log sum_c S[y, c] softmax(z)_c, five lines of TensorFlow): first call
+(building the loss + tracing + one step) and peak memory in a fresh process
+each, step time interleaved call by call in one process; plus the `.keras`
+save time of a model whose loss holds a 100 000-class hierarchy against the
+same model with cross-entropy (`--save-classes`).
+
 Usage: .venv/bin/python benchmarks/bench_losses.py [--classes 100 1000 10000 100000] [--batch 256]
+       [--only factorised|dense]
 """
 
 import argparse
@@ -25,6 +34,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _report import publish  # noqa: E402
 
 LOSSES = ("ce", "simloss_dense", "simloss_tree", "hxe", "soft_labels")
 LABELS = {"ce": "cross-entropy (Keras)", "simloss_dense": "SimLoss dense S", "simloss_tree": "SimLoss factorised",
@@ -114,6 +125,164 @@ def worker(num_classes, names, batch, repeats, threads, measure):
             for name, t in times.items()}
 
 
+# ------------------------------------------------------ dense SimLoss(S)
+DENSE_IMPLS = ("plain", "simloss")
+
+
+def dense_step(impl, similarity_path, labels):
+    """(step function, build seconds): loss + gradient w.r.t. the logits in a `tf.function`."""
+    import numpy as np
+    import tensorflow as tf
+
+    s = np.load(similarity_path)
+    start = time.perf_counter()
+    if impl == "plain":
+        s_t = tf.convert_to_tensor(s)
+
+        def loss(y, z):
+            rows = tf.gather(s_t, y)
+            return tf.reduce_mean(-tf.math.log(tf.reduce_sum(rows * tf.nn.softmax(z), axis=-1)))
+    else:
+        from keras_hier.losses import SimLoss
+
+        loss = SimLoss(s)
+    del s
+
+    @tf.function
+    def step(z):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            value = loss(labels, z)
+        return value, tape.gradient(value, z)
+
+    return step, time.perf_counter() - start
+
+
+def dense_worker(num_classes, impls, batch, repeats, threads, similarity_path, measure):
+    """measure="first": one impl, build + first call time and peak RSS growth; "time": impls interleaved."""
+    import resource
+
+    import numpy as np
+    import tensorflow as tf
+
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    rng = np.random.default_rng(1)
+    logits = tf.constant(rng.normal(size=(batch, num_classes)).astype(np.float32) * 3)
+    labels = tf.constant(rng.integers(0, num_classes, batch).astype(np.int32))
+    np.load(similarity_path)  # page cache and allocator warm, like the measured load below
+    if "simloss" in impls:
+        import keras_hier.losses  # noqa: F401  (import time is not the loss's first call)
+    base = rss_mb()
+    if measure == "first":
+        start = time.perf_counter()
+        step, _ = dense_step(impls[0], similarity_path, labels)
+        value, grad = step(logits)
+        grad.numpy()
+        first = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return dict(first_s=first, peak_mb=peak - base, loss=float(value))
+    steps = {impl: dense_step(impl, similarity_path, labels)[0] for impl in impls}
+    for step in steps.values():
+        step(logits)
+    times = {impl: [] for impl in impls}
+    for _ in range(repeats):
+        for impl in impls:
+            start = time.perf_counter()
+            steps[impl](logits)[1].numpy()
+            times[impl].append(time.perf_counter() - start)
+    return {impl: dict(time_ms=1000 * float(np.min(t)), median_ms=1000 * float(np.median(t)))
+            for impl, t in times.items()}
+
+
+def save_worker(num_classes, impl):
+    """Seconds to `model.save` a tiny model compiled with CE or a hierarchy loss (median of 3)."""
+    import tempfile
+
+    import keras
+    import numpy as np
+
+    from keras_hier import Hierarchy
+    from keras_hier.losses import SimLoss
+
+    tree = Hierarchy(random_paths(num_classes))
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(num_classes)])
+    loss = (keras.losses.SparseCategoricalCrossentropy(from_logits=True) if impl == "ce"
+            else SimLoss.from_hierarchy(tree, beta=1.0))
+    model.compile(optimizer="adam", loss=loss)
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for index in range(3):
+            start = time.perf_counter()
+            model.save(os.path.join(tmp, f"m{index}.keras"))
+            times.append(time.perf_counter() - start)
+        size = os.path.getsize(os.path.join(tmp, "m0.keras"))
+    return dict(save_s=float(np.median(times)), size_mb=size / 2**20)
+
+
+def run_python(arguments, timeout=1800):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), *arguments], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if done.returncode != 0:
+        return dict(error=done.stderr.strip().splitlines()[-1][:160] if done.stderr.strip() else "failed")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def dense_section(args):
+    import tempfile
+
+    import numpy as np
+
+    from keras_hier import Hierarchy
+
+    rows = []
+    for num_classes in args.dense_classes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "s.npy")
+            np.save(path, Hierarchy(random_paths(num_classes)).similarity_matrix("exp", beta=1.0))
+            common = ["--batch", str(args.batch), "--threads", str(args.threads), "--repeats", str(args.repeats)]
+            first = {impl: run_python(["--dense-worker", str(num_classes), "first", path, impl] + common)
+                     for impl in DENSE_IMPLS}
+            timing = run_python(["--dense-worker", str(num_classes), "time", path, *DENSE_IMPLS] + common)
+        rows.append((num_classes, first, timing))
+        print(num_classes, first, timing, flush=True)
+    saves = {impl: run_python(["--save-worker", str(args.save_classes), impl]) for impl in ("ce", "simloss")}
+    print(saves, flush=True)
+    lines = [
+        "## Dense SimLoss(S) vs the plain formulation (`keras_hier.losses.SimLoss`)",
+        "",
+        f"Batch {args.batch}, float32 logits, S = exp(-t) of a random ragged tree loaded from a `.npy` file. "
+        "Plain = `tf.gather(S, y)`, softmax, sum, -log with S a `tf.Tensor`. First call = building the loss "
+        "from the array + tracing + one forward/backward step, and peak = peak RSS growth over that (fresh "
+        f"process each). Step = forward + gradient w.r.t. the logits, best of {args.repeats} interleaved calls "
+        f"(median in brackets), {args.threads or 'default'} TensorFlow thread(s).",
+        "",
+        "| C | implementation | first call | ratio | step | ratio | peak memory | ratio | loss |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for num_classes, first, timing in rows:
+        plain_first, plain_time = first["plain"], timing.get("plain", {})
+        for impl in DENSE_IMPLS:
+            f, t = first[impl], timing.get(impl, {})
+            if "error" in f or "error" in timing:
+                lines.append(f"| {num_classes} | {impl} | {f.get('error') or timing.get('error')} | | | | | | |")
+                continue
+            lines.append(
+                f"| {num_classes} | {'plain (S tensor)' if impl == 'plain' else 'SimLoss(S)'} | {f['first_s']:.2f} s "
+                f"| {f['first_s'] / plain_first['first_s']:.2f}x | {t['time_ms']:.2f} ms ({t['median_ms']:.2f}) "
+                f"| {t['time_ms'] / plain_time['time_ms']:.2f}x | {f['peak_mb']:.0f} MiB "
+                f"| {f['peak_mb'] / max(plain_first['peak_mb'], 1):.2f}x | {f['loss']:.4f} |")
+    ce, sim = saves["ce"], saves["simloss"]
+    if "error" not in ce and "error" not in sim:
+        lines += ["", f"`.keras` save of a Dense model compiled with `SimLoss.from_hierarchy` on a "
+                  f"{args.save_classes}-class tree: {sim['save_s']:.2f} s ({sim['size_mb']:.1f} MiB) vs "
+                  f"cross-entropy {ce['save_s']:.2f} s ({ce['size_mb']:.1f} MiB): "
+                  f"{sim['save_s'] / ce['save_s']:.2f}x (median of 3 saves)."]
+    publish("dense_simloss", lines, write=not args.no_write)
+
+
 def run_worker(num_classes, names, args, measure, repeats):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     command = [sys.executable, os.path.abspath(__file__), "--worker", str(num_classes), measure, *names,
@@ -131,16 +300,33 @@ def main():
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra/inter-op threads (0: default)")
+    parser.add_argument("--dense-classes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--save-classes", type=int, default=100_000)
+    parser.add_argument("--only", choices=["factorised", "dense"], help="run one section only")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--dense-worker", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--save-worker", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
     args = parser.parse_args()
     if args.worker:
         num_classes, measure, *names = args.worker
         print(json.dumps(worker(int(num_classes), names, args.batch, args.repeats, args.threads, measure)))
         return
+    if args.dense_worker:
+        num_classes, measure, path, *impls = args.dense_worker
+        print(json.dumps(dense_worker(int(num_classes), impls, args.batch, args.repeats, args.threads, path,
+                                      measure)))
+        return
+    if args.save_worker:
+        print(json.dumps(save_worker(int(args.save_worker[0]), args.save_worker[1])))
+        return
+    if args.only != "factorised":
+        dense_section(args)
+    if args.only != "dense":
+        factorised_section(args)
 
-    from _report import publish
 
+def factorised_section(args):
     rows = []
     for num_classes in args.classes:
         results = {}

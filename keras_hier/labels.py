@@ -67,7 +67,7 @@ def class_ids(labels, num_classes, source="labels", num_samples=None):
             raise TypeError(f"{source}: labels must be integer class ids, got dtype {y.dtype}")
         bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
         if bad.size:
-            raise ValueError(f"{source}: label {y[bad[0]]!r} at index {int(bad[0])} is not a whole class id")
+            raise ValueError(f"{source}: label {y[bad[0]].item()!r} at index {int(bad[0])} is not a whole class id")
     y = y.astype(np.int64)
     bad = np.flatnonzero((y < 0) | (y >= num_classes))
     if bad.size:

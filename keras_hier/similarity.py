@@ -41,7 +41,9 @@ def validate_similarity(similarity, num_classes=None, name="similarity"):
             [0, 1], diagonal not 1) or the wrong shape.
     """
     try:
-        matrix = np.asarray(similarity, dtype=np.float64)
+        matrix = np.asarray(similarity)
+        if matrix.dtype != np.float32:
+            matrix = matrix.astype(np.float64)
     except (TypeError, ValueError) as error:
         bad = _first_non_numeric(similarity)
         raise ValueError(f"{name} has a non-numeric entry{bad}: {error}") from None
@@ -49,20 +51,28 @@ def validate_similarity(similarity, num_classes=None, name="similarity"):
         raise ValueError(f"{name} must be a square [C, C] matrix, got shape {matrix.shape}")
     if num_classes is not None and matrix.shape[0] != num_classes:
         raise ValueError(f"{name} is {matrix.shape[0]}x{matrix.shape[1]} but there are {num_classes} classes")
-    bad = np.argwhere(~np.isfinite(matrix))
-    if len(bad):
-        i, j = bad[0]
-        raise ValueError(f"{name}[{i}, {j}] is {matrix[i, j]}; entries must be finite")
-    bad = np.argwhere((matrix < 0) | (matrix > 1))
-    if len(bad):
-        i, j = bad[0]
-        raise ValueError(f"{name}[{i}, {j}] = {matrix[i, j]:g} is outside [0, 1]")
+    # row blocks: the checks never hold more than a few MB of temporaries (C = 10 000: S alone is 400 MB)
+    rows = max(1, (1 << 20) // max(matrix.shape[1], 1))
+    for start in range(0, matrix.shape[0], rows):
+        _check_block(matrix[start:start + rows], start, name)
     diagonal = np.diag(matrix)
     off = np.flatnonzero(np.abs(diagonal - 1.0) > 1e-6)
     if len(off):
         i = off[0]
         raise ValueError(f"{name}[{i}, {i}] = {diagonal[i]:g}; the diagonal must be 1 (a class is fully similar to itself)")
-    return matrix.astype(np.float32)
+    return matrix.astype(np.float32, copy=False)
+
+
+def _check_block(block, start, name):
+    """Raises naming the first non-finite or out-of-[0, 1] entry of rows `start ...`."""
+    bad = np.argwhere(~np.isfinite(block))
+    if len(bad):
+        i, j = bad[0]
+        raise ValueError(f"{name}[{start + i}, {j}] is {block[i, j]}; entries must be finite")
+    bad = np.argwhere((block < 0) | (block > 1))
+    if len(bad):
+        i, j = bad[0]
+        raise ValueError(f"{name}[{start + i}, {j}] = {block[i, j]:g} is outside [0, 1]")
 
 
 def _first_non_numeric(similarity):
