@@ -11,6 +11,7 @@ synthetic uniform trees of 100 000 and 1 000 000 classes:
 
     .venv/bin/python benchmarks/bench_hierarchy.py            # about a minute; rewrites its BENCHMARKS.md section
     .venv/bin/python benchmarks/bench_hierarchy.py --quick    # no 1 000 000-class row, results not written
+    .venv/bin/python benchmarks/bench_hierarchy.py --no-write # every row, printed only
 """
 
 import argparse
@@ -72,6 +73,7 @@ def tree_rows(name, hierarchy_from_strings, strings, separator="/"):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip the 1 000 000-class tree; do not write")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md as it is")
     args = parser.parse_args(argv)
     graph, graph_time = timed(noun_graph)
     nouns, nouns_time = timed(hierarchies.wordnet_nouns)
@@ -99,7 +101,7 @@ def main(argv=None):
     lines += ["", f"Peak resident memory of the whole run: {peak:.2f} GiB. `distance` never builds a C x C "
               "matrix (one at 100 000 classes would take 40 GB); it agrees with `distance_matrix` on a "
               "2 000-class sample of each tree (path kind, checked in the run)."]
-    publish("hierarchy", lines, write=not args.quick)
+    publish("hierarchy", lines, write=not (args.quick or args.no_write))
 
 
 if __name__ == "__main__":

@@ -630,8 +630,12 @@ def load_dataset(name_or_path, split="train", hierarchy=None, batch_size=128,
     ```
     """
     _check_split(split)
-    if batch_size is None or int(batch_size) < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    for argument, value in (("batch_size", batch_size), ("max_examples", max_examples)):
+        if value is None and argument == "max_examples":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or value < 1 or value != int(value):
+            raise ValueError(f"{argument} must be a positive int, got {value!r}")
+    batch_size = int(batch_size)
     folder_hierarchy = None
     if _is_path(name_or_path):
         path = pathlib.Path(str(name_or_path)).expanduser()
@@ -656,12 +660,15 @@ def load_dataset(name_or_path, split="train", hierarchy=None, batch_size=128,
                          "pass hierarchy=keras_hier.Hierarchy(...)")
     labels = align_labels(labels, names, hierarchy, source=f"{name_or_path} labels")
     if max_examples is not None and max_examples < len(labels):
-        keep = np.sort(np.random.default_rng(seed + 1).permutation(len(labels))[:max_examples])
+        keep = np.sort(np.random.default_rng(seed + 1).permutation(len(labels))[:int(max_examples)])
         images, labels = images[keep], labels[keep]
     shuffle = (split == "train") if shuffle is None else bool(shuffle)
     validation, n_val = None, 0
     if split == "train" and validation_split:
         train_idx, val_idx = split_indices(len(labels), validation_split, seed)
+        if not len(train_idx):
+            raise ValueError(f"validation_split={validation_split} of {len(labels)} examples leaves "
+                             f"{len(train_idx)} for training and {len(val_idx)} for validation")
         validation = make_pipeline(images[val_idx], labels[val_idx], batch_size,
                                    image_dtype=image_dtype)
         n_val = len(val_idx)

@@ -33,6 +33,9 @@ DISTANCE_KINDS = ("path", "lca_height")
 
 CONFIG_FORMAT = "keras_hier.Hierarchy/1"
 
+#: Largest C for which `distance_matrix` builds its C x C table (50 000: 9.3 GiB of int32).
+MATRIX_LIMIT = 50_000
+
 
 def check_distance_kind(kind, where="kind"):
     """Returns `kind` if it is one of `DISTANCE_KINDS`, else raises `ValueError` naming it.
@@ -350,6 +353,10 @@ class Hierarchy:
             A read-only int32 matrix, symmetric, zero exactly on the diagonal.
         """
         check_distance_kind(kind)
+        if self.num_classes > MATRIX_LIMIT:
+            raise ValueError(f"distance_matrix at {self.num_classes} classes would need "
+                             f"{4 * self.num_classes ** 2 / 2 ** 30:.0f} GiB; use Hierarchy.distance(a, b) for the "
+                             f"pairs you need (O(depth) each)")
         return self._path_distance if kind == "path" else self._lca_height
 
     @functools.cached_property
@@ -603,8 +610,17 @@ class Hierarchy:
         return f"<Hierarchy: {self.num_classes} classes, {self._depth} levels ({sizes} nodes)>"
 
     def __eq__(self, other):
-        return isinstance(other, Hierarchy) and self._classes == other._classes and self._paths == other._paths
+        if self is other:
+            return True
+        return (isinstance(other, Hierarchy) and hash(self) == hash(other) and self._classes == other._classes
+                and self._paths == other._paths)
 
     def __hash__(self):
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self):
+        # Cached: decoders and losses key caches on the hierarchy, and hashing
+        # every path of a 100 000-class tree on each lookup would dominate.
         return hash((self._classes, self._paths))
 

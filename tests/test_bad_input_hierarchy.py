@@ -345,3 +345,26 @@ def test_corrupt_jpeg_in_an_image_folder_is_named(tmp_path):
         data.load_arrays(tmp_path)
     with pytest.raises(ValueError, match=re.escape(str(broken))):
         data.load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_examples": 0}, "max_examples must be a positive int, got 0"),
+    ({"max_examples": -1}, "max_examples must be a positive int"),
+    ({"batch_size": 0}, "batch_size must be a positive int, got 0"),
+    ({"batch_size": 2.5}, "batch_size must be a positive int, got 2.5"),
+    ({"validation_split": 0.9, "max_examples": 1}, "leaves 0 for training"),
+])
+def test_load_dataset_numbers(tmp_path, kwargs, message):
+    path = tmp_path / "small.npz"
+    np.savez(path, images=np.zeros((4, 2, 2), np.uint8), labels=np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match=message):
+        data.load_dataset(path, hierarchy=Hierarchy.from_paths(["t/a", "t/b"]), **kwargs)
+
+
+def test_distance_matrix_refuses_a_huge_table_and_points_to_pairs():
+    from keras_hier.hierarchy import MATRIX_LIMIT
+
+    h = Hierarchy.from_paths([f"g{c % 3}/class{c}" for c in range(MATRIX_LIMIT + 1)])
+    with pytest.raises(ValueError, match=r"would need 9 GiB; use Hierarchy.distance\(a, b\)"):
+        h.distance_matrix()
+    assert h.distance(0, MATRIX_LIMIT).tolist() == (2 if MATRIX_LIMIT % 3 == 0 else 4)
