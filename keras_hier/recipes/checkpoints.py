@@ -1,13 +1,14 @@
 """The run folder's state: a per-epoch backup and the best epoch, robust to kills, damage and full disks.
 
-- `EpochBackup` writes `backup/latest.weights.h5` (weights and optimizer)
-  and `backup/training_metadata.json` (`{"epoch": finished epochs}`) after
-  every epoch, keeping the previous pair as `backup/previous.*`. Every file
-  is written through `keras_hier.files.atomic_replace`: a kill or a full disk
-  leaves the old files intact and no temporary file behind.
+- `EpochBackup` writes `backup/epoch-NNNN.weights.h5` (weights and
+  optimizer) and then `backup/training_metadata.json` (`{"epoch": finished
+  epochs, "weights": file name}`, the commit point) after every epoch,
+  keeping the previous epoch's weights too. Every file is written through
+  `keras_hier.files`: a kill or a full disk leaves the old files intact and
+  no temporary file behind.
 - `restore_backup` loads the newest backup that reads back whole; a damaged
   one (truncated, not HDF5, metadata not JSON) is named, renamed to
-  `<name>.damaged` and the previous one is used.
+  `<name>.damaged` and the previous epoch's one is used.
 - `BestCheckpoint` keeps `best.weights.h5` + `best.json` (the best epoch by
   a monitored value, surviving resumes); `load_best` loads it at the end, or
   says why it cannot and leaves the last epoch's weights.
@@ -23,7 +24,7 @@ import keras
 
 from keras_hier.files import atomic_replace, atomic_write_json
 
-__all__ = ["RunFileError", "read_json", "weights_file_error", "save_weights", "EpochBackup",
+__all__ = ["RunFileError", "read_json", "weights_file_error", "save_weights", "EpochBackup", "save_backup",
            "restore_backup", "finished_epochs", "BestCheckpoint", "load_best"]
 
 
@@ -76,17 +77,21 @@ def _set_aside(path, why):
         pass
 
 
-class _BackupFiles:
-    def __init__(self, backup_dir):
-        self.dir = backup_dir
-        self.pairs = [(os.path.join(backup_dir, "latest.weights.h5"),
-                       os.path.join(backup_dir, "training_metadata.json")),
-                      (os.path.join(backup_dir, "previous.weights.h5"),
-                       os.path.join(backup_dir, "previous_metadata.json"))]
+METADATA = "training_metadata.json"
+
+
+def _weights_name(epoch):
+    return f"epoch-{int(epoch):04d}.weights.h5"
+
+
+def _epoch_of(name):
+    """The epoch of a backup weights file name `epoch-NNNN.weights.h5` (None for other names)."""
+    stem = name[len("epoch-"):-len(".weights.h5")] if name.startswith("epoch-") else ""
+    return int(stem) if stem.isdigit() and name.endswith(".weights.h5") else None
 
 
 class EpochBackup(keras.callbacks.Callback):
-    """Saves the training state after every epoch into `backup_dir` (see the module doc).
+    """Saves the training state after every epoch into `backup_dir` (see `save_backup`).
 
     Args:
         backup_dir: the run's backup folder (created).
@@ -94,33 +99,43 @@ class EpochBackup(keras.callbacks.Callback):
 
     def __init__(self, backup_dir):
         super().__init__()
-        self.files = _BackupFiles(backup_dir)
+        self.backup_dir = backup_dir
 
     def on_epoch_end(self, epoch, logs=None):
-        save_backup(self.model, self.files.dir, epoch + 1)
+        save_backup(self.model, self.backup_dir, epoch + 1)
 
 
-def save_backup(model, backup_dir, epoch):
-    """Writes the backup of `epoch` finished epochs, the old one becoming `previous`."""
-    (latest, meta), (previous, previous_meta) = _BackupFiles(backup_dir).pairs
+def save_backup(model, backup_dir, epoch, keep=2):
+    """Writes the backup of `epoch` finished epochs.
+
+    The weights (and optimizer state) go to `epoch-NNNN.weights.h5`, then
+    `training_metadata.json` (`{"epoch", "batch", "weights"}`) is replaced:
+    it is the commit point, so a kill at any moment leaves a metadata file
+    naming a whole weights file. Then all but the `keep` newest weights files
+    are removed. Every write is atomic (`keras_hier.files`); a failed one
+    (full disk) leaves no temporary file and the previous backup in place.
+    """
     os.makedirs(backup_dir, exist_ok=True)
-    try:
-        with atomic_replace(latest) as tmp:
-            model.save_weights(tmp, overwrite=True)
-            if os.path.exists(latest) and os.path.exists(meta):
-                os.replace(latest, previous)
-                os.replace(meta, previous_meta)
-    except OSError as err:
-        raise OSError(err.errno, f"could not write the backup {latest}: {err.strerror or err}") from err
-    atomic_write_json(meta, {"epoch": int(epoch), "batch": 0})
+    name = _weights_name(epoch)
+    save_weights(model, os.path.join(backup_dir, name))
+    atomic_write_json(os.path.join(backup_dir, METADATA), {"epoch": int(epoch), "batch": 0, "weights": name})
+    files = [(e, n) for n in os.listdir(backup_dir) if (e := _epoch_of(n)) is not None]
+    older = sorted(f for f in files if f[0] < epoch)
+    newer = [f for f in files if f[0] > epoch]  # an abandoned timeline (resumed from an older backup)
+    for _, stale in older[:max(0, len(older) - (keep - 1))] + newer:
+        os.remove(os.path.join(backup_dir, stale))
 
 
-def _backup_epoch(meta):
+def _metadata(meta):
+    """(finished epochs, weights file name) committed in the metadata file."""
     record = read_json(meta)
     epoch = record.get("epoch") if isinstance(record, dict) else None
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         raise RunFileError(f"{meta} is damaged (no finished-epoch count in {record!r})")
-    return epoch
+    weights = record.get("weights", "latest.weights.h5")  # the name written before epoch-numbered files
+    if not isinstance(weights, str) or os.path.basename(weights) != weights:
+        raise RunFileError(f"{meta} is damaged (weights file {weights!r})")
+    return epoch, weights
 
 
 def _load(model, path):
@@ -135,8 +150,27 @@ def _load(model, path):
     return reason
 
 
+def _candidates(backup_dir, problems):
+    """(epoch, weights path) to try, newest first: the committed one, then older whole files."""
+    meta = os.path.join(backup_dir, METADATA)
+    committed = None
+    if os.path.exists(meta):
+        try:
+            committed = _metadata(meta)
+        except RunFileError as err:
+            problems.append(str(err))
+            _set_aside(meta, "not valid training metadata")
+    files = sorted(((e, n) for n in os.listdir(backup_dir) if (e := _epoch_of(n)) is not None), reverse=True)
+    if committed is not None:  # newer files were never committed (a kill before the metadata write)
+        files = [committed] + [(e, n) for e, n in files if e < committed[0]]
+    return [(e, os.path.join(backup_dir, n)) for e, n in files]
+
+
 def restore_backup(model, backup_dir):
     """Loads the newest good backup of `backup_dir` into `model`.
+
+    A damaged weights or metadata file is named, renamed to `<name>.damaged`
+    and the next older backup is used.
 
     Returns:
         The number of finished epochs it holds (0 when there is no backup).
@@ -144,15 +178,12 @@ def restore_backup(model, backup_dir):
     Raises:
         RunFileError: backups exist but none reads back (the message names the files).
     """
+    if not os.path.isdir(backup_dir):
+        return 0
     problems = []
-    for weights, meta in _BackupFiles(backup_dir).pairs:
-        if not (os.path.exists(weights) and os.path.exists(meta)):
-            continue  # never written, or a kill between the two writes: the other pair is whole
-        try:
-            epoch = _backup_epoch(meta)
-        except RunFileError as err:
-            problems.append(str(err))
-            _set_aside(meta, "not valid training metadata")
+    for epoch, weights in _candidates(backup_dir, problems):
+        if not os.path.exists(weights):
+            problems.append(f"{weights} is missing")
             continue
         reason = _load(model, weights)
         if reason is not None:
@@ -169,13 +200,13 @@ def restore_backup(model, backup_dir):
 
 
 def finished_epochs(out):
-    """Finished epochs recorded in the run's latest backup metadata (0 for a new run).
+    """Finished epochs committed in the run's backup metadata (0 for a new run).
 
     Raises:
         RunFileError: `backup/training_metadata.json` is damaged.
     """
-    meta = _BackupFiles(os.path.join(out, "backup")).pairs[0][1]
-    return _backup_epoch(meta) if os.path.exists(meta) else 0
+    meta = os.path.join(out, "backup", METADATA)
+    return _metadata(meta)[0] if os.path.exists(meta) else 0
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -204,6 +235,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         reason = weights_file_error(self.path)
         if reason is not None:
             _set_aside(self.path, reason)
+            _warn(f"until a better epoch replaces {self.path}, the last epoch's weights are evaluated")
             self.best = None
 
     def on_epoch_end(self, epoch, logs=None):
