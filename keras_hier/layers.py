@@ -409,16 +409,18 @@ class ProxyHead(keras.layers.Layer):
         counts = ops.segment_sum(ones, labels, num_segments=self.num_classes)
         sums, counts = _all_sum([sums, counts])
         seen = ops.expand_dims(counts > 0, -1)
-        visited = ops.expand_dims(self._visited > 0, -1)
+        proxies, visited_now = self._proxies.value, self._visited.value  # values, also in a StatelessScope
+        visited = ops.expand_dims(visited_now > 0, -1)
         mean = kh_ops.l2_normalize(sums)
         alpha = self.ema_momentum
-        moved = kh_ops.l2_normalize(alpha * mean + (1.0 - alpha) * kh_ops.l2_normalize(self._proxies))
-        new = ops.where(seen, ops.where(visited, moved, mean), self._proxies)
+        moved = kh_ops.l2_normalize(alpha * mean + (1.0 - alpha) * kh_ops.l2_normalize(proxies))
+        new = ops.where(seen, ops.where(visited, moved, mean), proxies)
         self._proxies.assign(new)
-        self._visited.assign(ops.maximum(self._visited, ops.cast(counts > 0, "float32")))
+        self._visited.assign(ops.maximum(visited_now, ops.cast(counts > 0, "float32")))
 
     def _update_scale(self, x, labels):
-        s = ops.exp(self._log_scale)
+        log_scale, state = self._log_scale.value, self._scale_state.value
+        s = ops.exp(log_scale)
         cosine = ops.matmul(x, ops.transpose(self.proxies))
         one_hot = ops.one_hot(labels, self.num_classes, dtype="float32")
         u = _unit_logit(self.kind, cosine, self.distance, ops)
@@ -430,11 +432,11 @@ class ProxyHead(keras.layers.Layer):
         theta = ops.minimum(math.pi / 4, ops.median(_all_gather(theta)))
         r, dr = scale_residual(self.kind, s, theta, b_sum / count, db_sum / count, self.distance, ops)
         grad = 2.0 * r * dr * s  # d(R^2) / d(log s)
-        m, v, t = self._scale_state[0], self._scale_state[1], self._scale_state[2] + 1.0
+        m, v, t = state[0], state[1], state[2] + 1.0
         m = 0.9 * m + 0.1 * grad
         v = 0.999 * v + 0.001 * grad * grad
         step = self.scale_learning_rate * (m / (1.0 - 0.9**t)) / (ops.sqrt(v / (1.0 - 0.999**t)) + 1e-7)
-        new_log_scale = self._log_scale - ops.where(ops.isfinite(step), step, 0.0)
+        new_log_scale = log_scale - ops.where(ops.isfinite(step), step, 0.0)
         self._log_scale.assign(new_log_scale)
         self._scale_state.assign(ops.stack([m, v, t]))
 

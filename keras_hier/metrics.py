@@ -89,8 +89,9 @@ class TreeTables:
         self.node_ids = ops.convert_to_tensor(np.asarray(hierarchy.node_ids, np.int32))
         self.level_mask = ops.convert_to_tensor(np.asarray(hierarchy.level_mask, np.int32))
         self.leaf_depths = ops.convert_to_tensor(np.asarray(hierarchy.leaf_depths, np.int32))
-        self._hierarchy = hierarchy
-        self._heights = None
+        # [C * (depth + 1)]: height of each class's ancestor per level (root first), for "lca_height"
+        heights = np.asarray(hierarchy.ancestor_heights(), np.int32)
+        self.heights = ops.convert_to_tensor(heights.reshape(-1))
 
     def lca_depth(self, a, b):
         """Depth of the lowest common ancestor of classes a and b (root 0; a == b: the leaf depth).
@@ -110,10 +111,7 @@ class TreeTables:
         if kind == "path":
             value = ops.take(self.leaf_depths, a) + ops.take(self.leaf_depths, b) - 2 * lca
         else:
-            if self._heights is None:  # [C * (depth + 1)]: height of each class's ancestor per level
-                heights = np.asarray(self._hierarchy.ancestor_heights(), np.int32)
-                self._heights = ops.convert_to_tensor(heights.reshape(-1))
-            value = ops.take(self._heights, a * (self.depth + 1) + lca)
+            value = ops.take(self.heights, a * (self.depth + 1) + lca)
             value = ops.where(ops.equal(a, b), 0, value)
         return ops.cast(value, "float32")
 

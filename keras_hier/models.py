@@ -25,9 +25,12 @@ thread each); the heads all-reduce the batch statistics (class sums and
 counts, the non-target sums, all target angles) before assigning, so every
 replica writes the same values (variables use the `only_first_replica`
 aggregation). Models without such heads train exactly as a `keras.Model`.
-The after-step update is implemented for the TensorFlow and PyTorch
-backends (JAX's functional `train_step` is not overridden: EMA / dynamic
-heads raise there; learned / fixed heads train normally on every backend).
+On JAX, whose `train_step` is a pure function of the variable values, the
+update runs inside `compute_loss_and_updates` in a `keras.StatelessScope`
+and its new values travel with the non-trainable variables (see
+`Classifier.compute_loss_and_updates`). The same heads in a plain
+`keras.Model` refuse to train, with a message pointing here, instead of
+silently never updating.
 
 Example (ProxyDR with EMA proxies and a dynamic scale, plain `fit`):
 
@@ -68,26 +71,54 @@ class Classifier(keras.Model):
 
     def train_step(self, *args, **kwargs):
         heads = self._updating_heads()
-        if not heads:
+        if not heads or keras.backend.backend() == "jax":  # JAX: see compute_loss_and_updates
             return super().train_step(*args, **kwargs)
-        backend = keras.backend.backend()
-        if backend not in ("tensorflow", "torch"):
-            raise NotImplementedError(
-                f"EMA proxies / dynamic scale ({', '.join(h.name for h in heads)}) need the after-step update "
-                f"of keras_hier.models.Classifier, available on the tensorflow and torch backends, not {backend!r}")
         data = args[0]
-        capture_embeddings.open()
-        try:
+        with capture_embeddings as store:
             logs = super().train_step(data)
-        finally:
-            store = capture_embeddings.close()
         _, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         for head in heads:
-            embeddings = store.get(id(head))
-            if embeddings is None:
-                raise RuntimeError(f"head {head.name!r} was not called with training=True in this train_step")
-            head.update_from_batch(embeddings, y)
+            head.update_from_batch(_captured(store, head), y)
         return logs
+
+    def compute_loss_and_updates(self, trainable_variables, non_trainable_variables, metrics_variables, x, y,
+                                 sample_weight, training=False, optimizer_variables=None):
+        """JAX backend: the stateless forward pass and loss, plus the heads' after-step updates.
+
+        JAX's `train_step` is a pure function of the variable values, so the
+        heads cannot assign their variables after the step. Here, inside
+        the function JAX differentiates, the updates run on the forward
+        pass's embeddings (gradient stopped) in a `keras.StatelessScope`,
+        and their new values are returned with the other non-trainable
+        variables, which the JAX trainer carries to the next step. (The
+        dynamic scale so sees the proxies of the forward pass, as on
+        TensorFlow up to the optimiser step on learned proxies.)
+        """
+        heads = self._updating_heads() if training else []
+        args = (trainable_variables, non_trainable_variables, metrics_variables, x, y, sample_weight)
+        if not heads:
+            return super().compute_loss_and_updates(*args, training=training, optimizer_variables=optimizer_variables)
+        with capture_embeddings as store:
+            loss, aux = super().compute_loss_and_updates(*args, training=training,
+                                                         optimizer_variables=optimizer_variables)
+        unscaled_loss, y_pred, non_trainable_variables, metrics_variables = aux
+        mapping = list(zip(self.trainable_variables, trainable_variables))
+        mapping += list(zip(self.non_trainable_variables, non_trainable_variables))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            for head in heads:
+                head.update_from_batch(keras.ops.stop_gradient(_captured(store, head)), y)
+        updated = []
+        for variable, value in zip(self.non_trainable_variables, non_trainable_variables):
+            new = scope.get_current_value(variable)
+            updated.append(value if new is None else new)
+        return loss, (unscaled_loss, y_pred, updated, metrics_variables)
+
+
+def _captured(store, head):
+    embeddings = store.get(id(head))
+    if embeddings is None:
+        raise RuntimeError(f"head {head.name!r} was not called with training=True in this train_step")
+    return embeddings
 
 
 def _infer_num_classes(num_classes, hierarchy, proxies, where):

@@ -147,13 +147,14 @@ def _compute(model, x, y, predict, evaluate):
     return result
 
 
-def run_serialization_tests(cases, rtol=1e-5, atol=1e-6, directory=None):
+def run_serialization_tests(cases, rtol=1e-5, atol=1e-6, directory=None, backend=None):
     """Round trips of several objects through `.keras` files and ONE fresh process.
 
     Args:
         cases: list of `(obj, inputs, y)`; `y` may be None for models and layers.
         rtol, atol: tolerances of the output comparison.
         directory: where the `.keras` files go (default: a temporary folder).
+        backend: KERAS_BACKEND of the loading process (default: this process's).
 
     Returns:
         list of dicts (one per case): `{"predict": array, "evaluate/<name>": array}` as loaded.
@@ -170,7 +171,8 @@ def run_serialization_tests(cases, rtol=1e-5, atol=1e-6, directory=None):
             np.savez(data, x=x, **({} if y is None else {"y": np.asarray(y)}))
             jobs.append(dict(path=path, data=data, result=os.path.join(tmp, f"result{index}.npz"),
                              predict=predict, evaluate=evaluate))
-        done = run_fresh_python(_LOADER, [json.dumps(jobs)])
+        env = {"KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"} if backend else None
+        done = run_fresh_python(_LOADER, [json.dumps(jobs)], env=env)
         assert "ROUNDTRIP-OK" in done.stdout
         loaded = []
         for index, (job, want) in enumerate(zip(jobs, expected)):

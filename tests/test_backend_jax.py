@@ -1,4 +1,4 @@
-"""The losses and heads also run (forward and gradient) on the JAX backend.
+"""Losses, heads (EMA and dynamic scale included), metrics and `.keras` files on the JAX backend.
 
 Runs in a subprocess with KERAS_BACKEND=jax (the backend is fixed per process)
 and compares with the same script on TensorFlow. Needs `jax` (the `test` extra).
@@ -57,13 +57,41 @@ SCRIPT = textwrap.dedent("""
     history = model.fit(rng.normal(size=(32, 6)).astype("float32"), rng.integers(0, 5, 32), epochs=2,
                         batch_size=8, verbose=0)
     out["fit_loss"] = history.history["loss"]
-    ema = build_classifier(backbone, "proxydr", num_classes=5, embedding_dim=4, proxy_mode="ema")
-    ema.compile(optimizer="adam", loss=SimLoss.from_hierarchy(tree))
+    from keras_hier.metrics import (MistakeSeverity, AverageHierarchicalDistanceAtK, LevelAccuracy,
+                                    SuperclassAccuracy)
+    def metric_set():
+        return [MistakeSeverity(tree), AverageHierarchicalDistanceAtK(tree, k=2, distance="lca_height"),
+                LevelAccuracy(tree, 0), LevelAccuracy(tree, 1, marginal=True), SuperclassAccuracy(tree)]
+    out["ema"] = {}
+    for mode, dynamic in (("ema", True), ("learned", True), ("ema", False)):
+        model = build_classifier(backbone, "proxydr", num_classes=5, embedding_dim=4, proxy_mode=mode,
+                                 dynamic_scale=dynamic)
+        model.compile(optimizer="adam", loss=SimLoss.from_hierarchy(tree), metrics=metric_set())
+        head = model.get_layer("head")
+        p0, s0 = np.asarray(head._proxies.value).copy(), float(head.scale)
+        history = model.fit(rng.normal(size=(24, 6)).astype("float32"), np.arange(24) % 4, epochs=2,
+                            batch_size=8, verbose=0)
+        out["ema"][f"{mode}-{dynamic}"] = dict(
+            proxy_change=float(np.abs(np.asarray(head._proxies.value) - p0).max()),
+            visited=np.asarray(head._visited.value).tolist() if mode == "ema" else None,
+            scale_change=abs(float(head.scale) - s0),
+            finite=bool(all(np.all(np.isfinite(v)) for v in history.history.values())),
+            logs=sorted(history.history))
+    inputs = keras.Input((6,))
+    plain = keras.Model(inputs, ProxyDRHead(5, proxy_mode="ema")(inputs))
+    plain.compile(optimizer="adam", loss=SimLoss.from_hierarchy(tree))
     try:
-        ema.fit(np.zeros((8, 6), "float32"), np.zeros(8, "int32"), verbose=0)
-        out["ema_error"] = None
-    except NotImplementedError as error:
-        out["ema_error"] = str(error)
+        plain.fit(np.zeros((8, 6), "float32"), np.zeros(8, "int32"), verbose=0)
+        out["plain_error"] = None
+    except RuntimeError as error:
+        out["plain_error"] = str(error)
+    scores = rng.normal(size=(30, 5)).round(1).astype("float32")
+    labels = rng.integers(0, 5, 30)
+    out["metrics"] = []
+    for metric in metric_set():
+        metric.update_state(labels[:16], scores[:16])
+        metric.update_state(labels[16:], scores[16:])
+        out["metrics"].append(float(metric.result()))
     proxies, stress = mds_proxies(tree, 8, steps=50, seed=0)
     out["mds"] = dict(norms=np.linalg.norm(proxies, axis=1).tolist(), stress=stress)
     print("RESULT" + json.dumps(out))
@@ -116,7 +144,38 @@ def test_losses_heads_and_fit_agree_between_jax_and_tensorflow():
         np.testing.assert_allclose(jax_out[name]["logits"], tf_out[name]["logits"], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(jax_out[name]["grad"], tf_out[name]["grad"], rtol=1e-4, atol=1e-4)
     assert np.all(np.isfinite(jax_out["fit_loss"]))
-    assert "tensorflow and torch backends" in jax_out["ema_error"]
-    assert tf_out["ema_error"] is None
+    for out in (jax_out, tf_out):  # EMA proxies and the dynamic scale move on both backends
+        for key, result in out["ema"].items():
+            mode, dynamic = key.split("-")
+            assert result["finite"], key
+            assert result["proxy_change"] > 1e-3, key
+            assert (result["scale_change"] > 0) == (dynamic == "True"), key
+            if mode == "ema":
+                assert result["visited"] == [1, 1, 1, 1, 0], key  # labels 0..3 seen, class 4 never
+            assert {"mistake_severity", "level_0_accuracy", "superclass_accuracy"} <= set(result["logs"])
+        assert "keras_hier.models.Classifier" in out["plain_error"]
+    np.testing.assert_allclose(jax_out["metrics"], tf_out["metrics"], rtol=1e-6)
     np.testing.assert_allclose(jax_out["mds"]["norms"], 1.0, rtol=1e-5)
     assert np.isfinite(jax_out["mds"]["stress"])
+
+
+def test_keras_file_saved_under_tensorflow_loads_under_jax():
+    """A model, heads and metrics saved here load after `import keras, keras_hier` with KERAS_BACKEND=jax."""
+    import keras
+    from roundtrip import make_hard_tree, run_serialization_tests
+
+    import keras_hier
+
+    h = make_hard_tree()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 6)).astype("float32")
+    y = rng.integers(0, h.num_classes, 12)
+    backbone = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu")])
+    model = keras_hier.build_classifier(backbone, "normface", hierarchy=h, embedding_dim=4, proxy_mode="ema",
+                                        dynamic_scale=True)
+    model.compile("adam", keras_hier.SimLoss.from_hierarchy(h),
+                  metrics=[keras_hier.MistakeSeverity(h), keras_hier.LevelAccuracy(h, 1)])
+    model.fit(x, y, epochs=1, batch_size=6, verbose=0)
+    scores = rng.normal(size=(12, h.num_classes)).astype("float32")
+    run_serialization_tests([(model, x, y), (keras_hier.AverageHierarchicalDistanceAtK(h, k=3), scores, y)],
+                            backend="jax", rtol=1e-4, atol=1e-5)
