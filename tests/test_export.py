@@ -260,7 +260,7 @@ def test_nan_inputs_and_bad_images_are_refused_by_name(exports, loader):
     huge = huge[:16] + (12_000).to_bytes(4, "big") + (12_000).to_bytes(4, "big") + huge[24:]  # header only
     with pytest.raises(CLoaderError, match=r"\[image_bytes\] \[1\] \[has\] \[144000000\] \[pixels, above the limit"):
         loader.run(path, "serving_bytes", {"image_bytes": np.array([good, huge], dtype=object)})
-    with pytest.raises(CLoaderError, match=r"InvalidArgument.*expected shape \[\?,8,8,1\]"):
+    with pytest.raises(CLoaderError, match=r"input images must have shape \[\?,8,8,1\]; got shape\] \[2 8 8 3\]"):
         loader.run(path, "serving_default", {"images": np.zeros((2, 8, 8, 3), np.float32)})
 
 
@@ -292,7 +292,7 @@ def test_layout_modes_card_and_readme(exports):
     path = entry["path"]
     assert sorted(os.listdir(os.path.dirname(path))) == ["1"]  # no staging folder left behind
     file_mode, dir_mode = files.umask_modes()
-    for folder, dirs, names in os.walk(path):
+    for folder, _dirs, names in os.walk(path):
         assert stat.S_IMODE(os.stat(folder).st_mode) == dir_mode, folder
         for name in names:
             assert stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode) == file_mode, name
