@@ -14,6 +14,13 @@ called `other`.
 A class whose path is a proper prefix of another class's path (a class that
 also has sub-classes) becomes a leaf child of the internal node of the same
 name, one level deeper, so that every class is a leaf.
+
+`Hierarchy` owns the tree tables every other module uses (`ancestors`,
+`node_ids`, `level_offsets`, `parents`, `node_heights`, `ancestor_heights`)
+and the tree distances: `distance(a, b, kind)` for given pairs of classes in
+O(depth) each, at any number of classes, and `distance_matrix(kind)` for
+small C. `to_config()` / `from_config()` is the one way losses, layers and
+metrics serialise a hierarchy: a small dict whose tree is one JSON string.
 """
 
 import functools
