@@ -49,3 +49,14 @@ def test_aggregate_and_paired_test(tmp_path):
     text = paper.write_table(str(tmp_path))
     assert "proxydr-standard" in text and "p=" in text
     assert (tmp_path / "table.md").read_text() == text
+
+
+def test_overrides_and_clean_errors(tmp_path, capsys):
+    assert paper.parse_overrides(["epochs=5", "dataset=/d", "augment=false"]) == \
+        {"epochs": 5, "dataset": "/d", "augment": False}
+    assert paper.main(["--table-only", "--out", str(tmp_path / "grid")]) == 0
+    assert (tmp_path / "grid" / "table.md").exists()
+    assert paper.main(["epochs=0", "--out", str(tmp_path / "grid"), "--heads", "softmax", "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "epochs must be an integer >= 1" in err and "Traceback" not in err
+    assert not (tmp_path / "grid" / "softmax").exists()

@@ -241,6 +241,9 @@ def test_checkout_entry_points_and_installed_layout():
     done = subprocess.run([sys.executable, "-m", "recipes.train", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and "--proxy-mode" in done.stdout, done.stderr[-2000:]
+    demo = subprocess.run([sys.executable, "-m", "recipes.demo", "--hierarchy-only"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert demo.returncode == 0 and "CIFAR-100 path distances" in demo.stdout, demo.stderr[-2000:]
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
