@@ -191,7 +191,8 @@ def text_vectorizer(texts=None, vocabulary=None, max_tokens=20_000, sequence_len
 
     Args:
         texts: strings to learn the vocabulary from (`adapt`), e.g. the
-            training texts. Give `texts` or `vocabulary`.
+            training texts, or a `tf.data.Dataset` of string batches (e.g.
+            `train.map(lambda x, y: x)`). Give `texts` or `vocabulary`.
         vocabulary: a list of tokens (most frequent first; without the
             padding `""` and `"[UNK]"` entries), instead of `texts`.
         max_tokens: vocabulary size, padding and out-of-vocabulary included.
@@ -210,7 +211,9 @@ def text_vectorizer(texts=None, vocabulary=None, max_tokens=20_000, sequence_len
     layer = layers.TextVectorization(max_tokens=int(max_tokens), output_mode="int",
                                      output_sequence_length=int(sequence_length), ngrams=ngrams,
                                      vocabulary=None if vocabulary is None else list(vocabulary), name=name)
-    if texts is not None:
+    if texts is not None and hasattr(texts, "element_spec"):  # a tf.data.Dataset of strings
+        layer.adapt(texts)
+    elif texts is not None:
         texts = np.asarray(texts, dtype=object).reshape(-1)
         if texts.size == 0 or not all(isinstance(t, (str, bytes)) for t in texts):
             bad = next((t for t in texts if not isinstance(t, (str, bytes))), None)

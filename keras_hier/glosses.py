@@ -44,7 +44,9 @@ import numpy as np
 
 from keras_hier.files import atomic_write_json
 
-__all__ = ["load_glosses", "GlossData", "noun_records", "split_by_class", "FORMAT"]
+__all__ = ["load_glosses", "loaded_data", "GlossData", "noun_records", "split_by_class", "FORMAT", "NAME"]
+
+NAME = "wordnet_glosses"  # the name `keras_hier.load_dataset` knows it by
 
 FORMAT = "keras_hier.glosses/1"
 _SPLITS = ("train", "validation", "test")
@@ -332,3 +334,58 @@ def _subsample(labels, per_class, seed):
     keep = [members[rng.permutation(members.size)[:per_class]]
             for members in (np.flatnonzero(labels == c) for c in np.unique(labels))]
     return np.sort(np.concatenate(keep))
+
+
+_IMAGE_ONLY = ("augment", "data_dir", "image_dtype", "image_size", "manual_dir", "drop_remainder")
+
+
+def loaded_data(split="train", hierarchy=None, batch_size=128, validation_split=None, seed=0, shuffle=None,
+                max_examples=None, depth=5, min_count=50, max_per_class=None, **image_options):
+    """The gloss benchmark as `keras_hier.load_dataset("wordnet_glosses", ...)` returns it.
+
+    Takes `load_dataset`'s arguments. The validation part is the benchmark's
+    own validation split (`validation_split` only switches it off when 0);
+    `max_examples` keeps about that many glosses, evenly per class.
+
+    Args:
+        split: `"train"` (with `validation`) or `"test"`.
+        hierarchy: None, or the benchmark's own hierarchy (anything else is refused).
+        batch_size, seed, shuffle: as for `load_dataset` (`seed` also seeds the split).
+        validation_split: None (the benchmark's 10 %) or 0 (no validation set).
+        max_examples: approximate total size (quick runs).
+        depth, min_count, max_per_class: see `load_glosses`.
+        **image_options: `load_dataset`'s image options; only their defaults are accepted.
+
+    Returns:
+        A `keras_hier.data.LoadedData` whose datasets yield (string [B], int64 [B])
+        and whose `input_shape` is `()`.
+
+    Example:
+
+    ```python
+    train = keras_hier.load_dataset("wordnet_glosses", "train", batch_size=128)
+    ```
+    """
+    from keras_hier.data import LoadedData
+
+    used = sorted(k for k, v in image_options.items() if k not in _IMAGE_ONLY or v not in (None, False, "float32"))
+    if used:
+        raise ValueError(f"load_dataset({NAME!r}): text data take no {used}")
+    if split not in ("train", "test"):
+        raise ValueError(f"load_dataset({NAME!r}): split must be 'train' or 'test', got {split!r}")
+    if validation_split not in (None, 0, 0.0):
+        raise ValueError(f"load_dataset({NAME!r}): the validation split is the benchmark's own (10 % per class); "
+                         f"pass validation_split=None or 0, not {validation_split!r}")
+    if max_examples is not None and max_per_class is None:
+        max_per_class = max(3, int(max_examples) // 100)
+    data = load_glosses(depth=depth, min_count=min_count, seed=seed, max_per_class=max_per_class)
+    if hierarchy is not None and hierarchy != data.hierarchy:
+        raise ValueError(f"load_dataset({NAME!r}): the hierarchy is the benchmark's own (WordNet above the "
+                         f"depth-{depth} ancestors); pass hierarchy=None")
+    validation, n_val = None, 0
+    if split == "train" and validation_split is None:
+        validation, n_val = data.dataset("validation", batch_size), len(data.validation[1])
+    dataset = data.dataset(split, batch_size, shuffle=shuffle, seed=seed)
+    return LoadedData(dataset=dataset, validation=validation, hierarchy=data.hierarchy,
+                      class_names=list(data.hierarchy.classes), input_shape=(),
+                      num_examples=len(data.split(split)[1]), num_validation=n_val)

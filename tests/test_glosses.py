@@ -154,3 +154,22 @@ def test_split_by_class_reference():
         assert (labels[test] == c).sum() == max(1, round(0.15 * n))
     with pytest.raises(ValueError, match="too few"):
         split_by_class([0, 0, 1, 1, 1], (0.5, 0.25, 0.25))
+
+
+def test_loaded_data_for_load_dataset(cache, monkeypatch):
+    from keras_hier import backbones, glosses
+
+    monkeypatch.setattr(glosses, "_cache_dir", lambda cache_dir: cache)
+    train = glosses.loaded_data("train", batch_size=16, max_per_class=5)
+    test = glosses.loaded_data("test", batch_size=16, max_per_class=5, shuffle=False)
+    assert train.input_shape == () and train.hierarchy.num_classes == 139 == len(train.class_names)
+    assert (train.num_examples, train.num_validation, test.num_examples) == (139 * 3, 139, 139)
+    texts, labels = next(iter(test.dataset))
+    assert texts.dtype.name == "string" and labels.shape == (16,)
+    vec = backbones.text_vectorizer(train.dataset.map(lambda x, y: x), max_tokens=500)
+    assert vec.vocabulary_size() == 500
+    assert glosses.loaded_data("train", validation_split=0, max_per_class=5).validation is None
+    for kwargs, match in [({"augment": True}, "augment"), ({"validation_split": 0.2}, "validation split"),
+                          ({"hierarchy": Hierarchy.from_paths(["a/b"])}, "hierarchy"), ({"split": "val"}, "split")]:
+        with pytest.raises(ValueError, match=match):
+            glosses.loaded_data(**{"max_per_class": 5, **kwargs})
