@@ -30,7 +30,8 @@ import os
 import numpy as np
 
 from keras_hier.hierarchy_io import (atomic_write, check_paths, classes_with_children, csv_text, decode_tree,
-                                     dict_paths, class_id_array, encode_tree, level_ids, newick, parent_paths, read_csv_table,
+                                     dict_paths, class_id_array, encode_tree, height_tables, level_ids, newick, parent_paths,
+                                     parent_tables, summary_text, read_csv_table,
                                      read_json, scan_class_folders, string_paths)
 
 __all__ = ["Hierarchy", "DISTANCE_KINDS", "check_distance_kind"]
@@ -241,12 +242,7 @@ class Hierarchy:
 
     @functools.cached_property
     def _parents(self):
-        tables = [_readonly(np.full(self._level_sizes[0], -1, dtype=np.int32))]
-        for level in range(1, self._depth):
-            parent = np.empty(self._level_sizes[level], dtype=np.int32)
-            parent[self._ancestors[level]] = self._ancestors[level - 1]
-            tables.append(_readonly(parent))
-        return tuple(tables)
+        return tuple(_readonly(table) for table in parent_tables(self._ancestors, self._level_sizes))
 
     def node_heights(self, level):
         """int32 [num_nodes(level)]: height of every node at `level` (longest path down to a leaf).
@@ -258,12 +254,8 @@ class Hierarchy:
 
     @functools.cached_property
     def _node_heights(self):
-        tables = []
-        for level in range(self._depth):
-            deepest = np.zeros(self._level_sizes[level], dtype=np.int32)
-            np.maximum.at(deepest, self._ancestors[level], self._leaf_depths)
-            tables.append(_readonly(np.maximum(deepest - (level + 1), 0).astype(np.int32)))
-        return tuple(tables)
+        tables = height_tables(self._ancestors, self._level_sizes, self._leaf_depths)
+        return tuple(_readonly(table) for table in tables)
 
     def ancestor_heights(self):
         """int32 [C, depth + 1]: height of every class's ancestor at each level.
@@ -601,16 +593,7 @@ class Hierarchy:
     # ----------------------------------------------------------------- misc
     def summary(self):
         """A few lines: classes, levels, nodes per level, depth range."""
-        depths = self._leaf_depths
-        lines = [
-            f"Hierarchy: {self.num_classes} classes, {self._depth} levels "
-            f"(leaf depth {depths.min()}..{depths.max()}{', uniform' if self.is_uniform else ', ragged'})",
-        ]
-        for level in range(self._depth):
-            names = self.level_names(level)
-            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-            lines.append(f"  level {level}: {len(names)} nodes ({shown})")
-        return "\n".join(lines)
+        return summary_text(self._leaf_depths, [self.level_names(level) for level in range(self._depth)])
 
     def __repr__(self):
         sizes = "/".join(str(size) for size in self._level_sizes)

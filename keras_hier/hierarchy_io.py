@@ -1,8 +1,10 @@
-"""Reading and writing hierarchy files: CSV tables, class folders, Newick.
+"""Reading and writing hierarchy files (CSV tables, class folders, JSON, Newick) and the
+array builders behind `Hierarchy`.
 
-The `Hierarchy` constructors and writers delegate here; this module only
-turns files into `(paths, class names)` and back, with errors that name the
-file, line and class.
+The `Hierarchy` constructors and writers delegate here: files and user input
+become validated `(paths, class names)` and back, with errors that name the
+file, line and class; `level_ids`, `parent_tables` and `height_tables` turn
+paths into the per-level integer tables that `Hierarchy` owns and exposes.
 """
 
 import csv
@@ -14,7 +16,8 @@ import numpy as np
 
 __all__ = ["split_path", "read_csv_table", "scan_class_folders", "csv_text", "newick", "atomic_write",
            "encode_tree", "decode_tree", "check_paths", "level_ids", "classes_with_children", "parent_paths", "dict_paths", "read_json",
-           "string_paths", "class_id_array"]
+           "string_paths", "class_id_array",
+           "parent_tables", "height_tables", "summary_text"]
 
 
 def split_path(path, separator, where):
@@ -473,3 +476,34 @@ def class_id_array(ids, num_classes, where):
     if np.any(bad):
         raise ValueError(f"{where} holds class id {int(ids[bad].flat[0])} outside [0, {num_classes})")
     return ids
+
+
+def parent_tables(ancestors, sizes):
+    """Per level, int32 [sizes[level]]: each node's parent id at level - 1 (-1 at level 0)."""
+    tables = [np.full(sizes[0], -1, dtype=np.int32)]
+    for level in range(1, len(ancestors)):
+        parent = np.empty(sizes[level], dtype=np.int32)
+        parent[ancestors[level]] = ancestors[level - 1]
+        tables.append(parent)
+    return tables
+
+
+def height_tables(ancestors, sizes, leaf_depths):
+    """Per level, int32 [sizes[level]]: each node's height (longest path down to a leaf; leaves 0)."""
+    tables = []
+    for level, ids in enumerate(ancestors):
+        deepest = np.zeros(sizes[level], dtype=np.int32)
+        np.maximum.at(deepest, ids, leaf_depths)
+        tables.append(np.maximum(deepest - (level + 1), 0).astype(np.int32))
+    return tables
+
+
+def summary_text(leaf_depths, level_names):
+    """`Hierarchy.summary()`: classes, levels, nodes per level (first names), depth range."""
+    uniform = bool(np.all(leaf_depths == len(level_names)))
+    lines = [f"Hierarchy: {len(leaf_depths)} classes, {len(level_names)} levels (leaf depth "
+             f"{leaf_depths.min()}..{leaf_depths.max()}{', uniform' if uniform else ', ragged'})"]
+    for level, names in enumerate(level_names):
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        lines.append(f"  level {level}: {len(names)} nodes ({shown})")
+    return "\n".join(lines)
