@@ -526,6 +526,8 @@ class Hierarchy:
     @classmethod
     def from_dict(cls, data, where="hierarchy dict"):
         """Inverse of `to_dict`; `"paths"` may also hold `"a/b/class"` strings, `"classes"` is optional."""
+        if isinstance(data, dict) and "tree" in data:
+            return cls.from_config(data)
         paths, classes, choices = dict_paths(data, where)
         hierarchy = cls(paths, classes)
         hierarchy.wordnet_choices = choices
@@ -560,6 +562,9 @@ class Hierarchy:
                             f"got {type(config).__name__}")
         if "tree" not in config:
             return cls.from_dict(config)
+        if config.get("format", CONFIG_FORMAT) != CONFIG_FORMAT:
+            raise ValueError(f"hierarchy config: unknown format {config['format']!r} (this keras_hier reads "
+                             f"{CONFIG_FORMAT!r})")
         classes, paths, tree = decode_tree(config["tree"])
         hierarchy = cls(paths, classes)
         hierarchy.wordnet_choices = dict(tree.get("wordnet_choices") or {})

@@ -362,10 +362,12 @@ def test_config_keeps_class_names_children_and_wordnet_choices():
         assert again == hierarchy and again.paths == hierarchy.paths
         assert again.wordnet_choices == hierarchy.wordnet_choices
     assert Hierarchy.from_config(h.to_dict()) == h     # the older dict form still loads
+    assert Hierarchy.from_json(json.dumps(h.to_config())) == h
 
 
 @pytest.mark.parametrize("config, error, message", [
     ([1, 2], TypeError, "got list"),
+    ({"format": "keras_hier.Hierarchy/9", "tree": "{}"}, ValueError, "unknown format 'keras_hier.Hierarchy/9'"),
     ({"format": "keras_hier.Hierarchy/1", "tree": 3}, TypeError, "'tree' must be a JSON string"),
     ({"tree": "{"}, ValueError, "not valid JSON"),
     ({"tree": "[" * 100000}, ValueError, "not valid JSON"),
