@@ -2,6 +2,7 @@
 
 - `keras_hier.recipes.train` (`keras-hier-train`): one run end to end
   (train, resume, evaluate, export);
+- `keras_hier.recipes.cli`: its command line (options with help and defaults);
 - `keras_hier.recipes.configs`: the paper's and CPU-sized settings, and their validation;
 - `keras_hier.recipes.checkpoints`: the run folder's backup and best checkpoint;
 - `keras_hier.recipes.paper` (`keras-hier-paper`): the paper's grid and its table;
