@@ -368,3 +368,21 @@ def test_distance_matrix_refuses_a_huge_table_and_points_to_pairs():
     with pytest.raises(ValueError, match=r"would need 9 GiB; use Hierarchy.distance\(a, b\)"):
         h.distance_matrix()
     assert h.distance(0, MATRIX_LIMIT).tolist() == (2 if MATRIX_LIMIT % 3 == 0 else 4)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=4),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                                         max_size=3),
+                           max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.fixed_dictionaries({}, optional={"classes": json_values, "paths": json_values,
+                                           "wordnet_choices": json_values}))
+def test_random_json_hierarchies_load_or_fail_clearly(payload):
+    try:
+        h = Hierarchy.from_json(json.dumps(payload))
+    except (ValueError, TypeError) as error:
+        assert "JSON text" in str(error) or "class" in str(error) or "paths" in str(error), str(error)
+    else:
+        assert h.num_classes >= 1 and Hierarchy.from_config(h.to_config()) == h
