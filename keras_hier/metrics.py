@@ -148,7 +148,13 @@ class _HierarchyMetric(keras.metrics.Metric):
         return scores
 
     def _top(self, y_pred, k):
-        return ops.cast(ops.top_k(self._scores(y_pred), k, sorted=True)[1], "int32")
+        """[B, k] class ids by decreasing score, ties broken by the smaller class id on every backend."""
+        scores = self._scores(y_pred)
+        if keras.backend.backend() == "torch":  # torch.topk does not order ties; a stable argsort does
+            if k == 1:
+                return ops.cast(ops.expand_dims(ops.argmax(scores, axis=-1), -1), "int32")
+            return ops.cast(ops.argsort(-scores, axis=-1)[:, :k], "int32")
+        return ops.cast(ops.top_k(scores, k, sorted=True)[1], "int32")
 
     def _accumulate(self, values, selected, valid, sample_weight):
         weight = ops.cast(selected, "float32")
