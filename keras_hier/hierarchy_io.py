@@ -9,6 +9,7 @@ paths into the per-level integer tables that `Hierarchy` owns and exposes.
 
 import csv
 import io
+import itertools
 import json
 import os
 
@@ -26,7 +27,7 @@ def split_path(path, separator, where):
     `where` names the culprit in error messages (file, line, class).
     """
     if isinstance(path, str):
-        parts = [part.strip() for part in path.split(separator)]
+        parts = list(map(str.strip, path.split(separator)))
         # Leading/trailing separators ("/data/a/b/") give empty end pieces.
         while parts and parts[0] == "":
             parts.pop(0)
@@ -38,7 +39,7 @@ def split_path(path, separator, where):
         raise TypeError(f"{where}: a path must be a string or a list of names, got {type(path).__name__}")
     if not parts:
         raise ValueError(f"{where}: empty path")
-    if any(part == "" for part in parts):
+    if "" in parts:
         raise ValueError(f"{where}: path {path!r} has an empty node name")
     return tuple(parts)
 
@@ -259,15 +260,19 @@ def check_paths(paths, classes=None):
     if isinstance(paths, (str, bytes, dict)):
         raise TypeError(f"paths must be a list of paths (sequences of node names), got {type(paths).__name__}; "
                         "use Hierarchy.from_paths for 'a/b/class' strings or a mapping")
-    checked = []
-    for index, path in enumerate(paths):
-        if isinstance(path, (str, bytes)):
-            raise TypeError(f"class id {index}: path {path!r} is a string, not a sequence of node names; "
-                            "use Hierarchy.from_paths for 'a/b/class' strings")
-        try:
-            checked.append(tuple(path))
-        except TypeError:
-            raise TypeError(f"class id {index}: path {path!r} is not a sequence of node names") from None
+    paths = list(paths)
+    try:
+        if any(isinstance(path, (str, bytes)) for path in paths):
+            raise TypeError
+        checked = list(map(tuple, paths))
+    except TypeError:
+        for index, path in enumerate(paths):
+            if isinstance(path, (str, bytes)):
+                raise TypeError(f"class id {index}: path {path!r} is a string, not a sequence of node names; "
+                                "use Hierarchy.from_paths for 'a/b/class' strings") from None
+            if not hasattr(path, "__iter__"):
+                raise TypeError(f"class id {index}: path {path!r} is not a sequence of node names") from None
+        raise
     if not checked:
         raise ValueError("a Hierarchy needs at least one class; got an empty list of paths")
     if classes is None:
@@ -309,9 +314,9 @@ def level_ids(paths):
     below it (its representative, whose path prefix names the node).
     """
     lengths = np.fromiter(map(len, paths), dtype=np.int64, count=len(paths))
-    codes = {}
-    flat = np.fromiter((codes.setdefault(name, len(codes)) for path in paths for name in path),
-                       dtype=np.int64, count=int(lengths.sum()))
+    codes = {name: code for code, name in enumerate(dict.fromkeys(itertools.chain.from_iterable(paths)))}
+    flat = np.fromiter(map(codes.__getitem__, itertools.chain.from_iterable(paths)), dtype=np.int64,
+                       count=int(lengths.sum()))
     absent = len(codes)
     table = np.full((len(paths), int(lengths.max())), absent, dtype=np.int64)
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
