@@ -33,7 +33,7 @@ from keras_hier.files import atomic_write_json
 from keras_hier.recipes.cli import build_parser, config_from_args
 from keras_hier.recipes.configs import HEADS, LOSSES, PROXY_MODES, config_differences, validate_config
 
-__all__ = ["build_parser", "setup_devices", "load_hierarchy", "load_data", "check_backbone_kwargs", "build_model",
+__all__ = ["build_parser", "multi_worker", "setup_devices", "load_hierarchy", "load_data", "check_backbone_kwargs", "build_model",
            "build_loss", "build_metrics", "compile_model", "make_callbacks", "epoch_stream",
            "prepare_run_dir", "run_evaluation", "run_export", "train",
            "config_from_args", "main", "HEADS", "LOSSES", "PROXY_MODES"]
@@ -47,8 +47,22 @@ def _log(message):
 
 
 # --------------------------------------------------------------------------- devices and data
+def multi_worker():
+    """True when `TF_CONFIG` names a cluster of several training tasks (`keras_hier.distributed`)."""
+    if not os.environ.get("TF_CONFIG"):
+        return False
+    from keras_hier import distributed
+
+    return distributed.num_workers() > 1
+
+
 def setup_devices(config):
     """Chooses the distribution strategy and the dtype policy.
+
+    `strategy="auto"`: `MultiWorkerMirroredStrategy` when `TF_CONFIG` names
+    a cluster (`keras_hier.distributed.strategy_from_environment`, created
+    before any other TensorFlow op), `MirroredStrategy` on several GPUs,
+    else the default strategy.
 
     Returns:
         `(strategy, policy_name)`.
@@ -56,6 +70,11 @@ def setup_devices(config):
     import keras
     import tensorflow as tf
 
+    cluster = config["strategy"] == "auto" and multi_worker()
+    if cluster:
+        from keras_hier import distributed
+
+        cluster = distributed.strategy_from_environment()
     gpus = tf.config.list_logical_devices("GPU")
     mp = str(config["mixed_precision"]).lower()
     if mp not in ("auto", "on", "off", "true", "false"):
@@ -66,7 +85,9 @@ def setup_devices(config):
     kind = config["strategy"]
     if kind not in ("auto", "mirrored", "default"):
         raise ValueError(f"strategy must be auto/mirrored/default, got {kind!r}")
-    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
+    if cluster:
+        strategy = cluster
+    elif kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         strategy = tf.distribute.MirroredStrategy(devices=devices)
     else:
@@ -89,15 +110,20 @@ def load_hierarchy(spec):
     raise ValueError(f"--hierarchy must be a .csv or .json file, got {spec!r}")
 
 
-def load_data(config):
-    """(train LoadedData with validation, test LoadedData, un-augmented training batches)."""
+def load_data(config, drop_remainder=False):
+    """(train LoadedData with validation, test LoadedData, un-augmented training batches).
+
+    `drop_remainder`: training batches all of `batch_size` (several workers
+    split every batch evenly).
+    """
     from keras_hier.data import load_dataset
 
     common = dict(hierarchy=load_hierarchy(config["hierarchy"]), batch_size=config["batch_size"],
                   seed=config["seed"], data_dir=config["data_dir"],
                   manual_dir=config["manual_dir"])
     train = load_dataset(config["dataset"], "train", validation_split=config["validation_split"],
-                         augment=config["augment"], max_examples=config["max_examples"], **common)
+                         augment=config["augment"], max_examples=config["max_examples"],
+                         drop_remainder=drop_remainder, **common)
     common["hierarchy"] = train.hierarchy
     test = load_dataset(config["dataset"], "test", shuffle=False,
                         max_examples=config["max_test_examples"], **common)
@@ -345,8 +371,12 @@ def _precise_bn(model, train_plain, test, config):
     return info
 
 
-def _fit(model, config, train_data, out, callbacks, strategy):
-    """Resumes from the backup (if any) and runs `fit`; returns (history, finished before)."""
+def _fit(model, config, train_data, out, write_dir, callbacks, strategy):
+    """Resumes from `out`'s backup (if any) and runs `fit`, writing into `write_dir`.
+
+    Returns:
+        `(history, epochs finished before)`.
+    """
     from keras_hier.recipes.checkpoints import restore_backup
 
     with strategy.scope():
@@ -354,24 +384,31 @@ def _fit(model, config, train_data, out, callbacks, strategy):
     if finished:
         _log(f"resuming after epoch {finished} from {os.path.join(out, 'backup')}")
     stream, steps = epoch_stream(train_data.dataset, finished)
+    validation = train_data.validation
+    if multi_worker():  # every worker keeps its part of every global batch
+        from keras_hier.distributed import shard_dataset
+
+        stream = shard_dataset(stream, strategy=strategy)
+        validation = None if validation is None else shard_dataset(validation, strategy=strategy)
     monitor = "val_accuracy" if train_data.validation is not None else "accuracy"
     verbose = config["verbose"]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    history = model.fit(stream, steps_per_epoch=steps, validation_data=train_data.validation,
+    history = model.fit(stream, steps_per_epoch=steps, validation_data=validation,
                         epochs=int(config["epochs"]), initial_epoch=min(finished, int(config["epochs"])),
                         verbose=int(verbose), shuffle=False,
-                        callbacks=make_callbacks(out, monitor) + list(callbacks))
+                        callbacks=make_callbacks(write_dir, monitor) + list(callbacks))
     return history, finished
 
 
-def _finish(model, config, out, data, summary):
-    """Best weights, precise BN, test accuracy, report and export; fills `summary`."""
+def _finish(model, config, out, write_dir, data, summary):
+    """Best weights (read from `out`), precise BN, test accuracy, report and export (into
+    `write_dir`); fills `summary`."""
     from keras_hier.recipes.checkpoints import load_best, save_weights
 
     train_data, test_data, train_plain = data
     hierarchy = train_data.hierarchy
-    save_weights(model, os.path.join(out, "final.weights.h5"))
+    save_weights(model, os.path.join(write_dir, "final.weights.h5"))
     best = load_best(model, os.path.join(out, "best.weights.h5"))
     if best is not None:
         summary["best"] = best
@@ -383,13 +420,13 @@ def _finish(model, config, out, data, summary):
     summary["test_loss"] = float(test_metrics["loss"])
     summary["test_metrics"] = {k: float(v) for k, v in test_metrics.items() if math.isfinite(float(v))}
     if config["evaluate"]:
-        results, path = run_evaluation(model, test_data.dataset, train_plain, hierarchy, config, out)
+        results, path = run_evaluation(model, test_data.dataset, train_plain, hierarchy, config, write_dir)
         summary["report"] = path
         summary["classification"] = {k: v for k, v in results.get("classification", {}).items()
                                      if isinstance(v, (int, float))}
     if config["export"]:
-        summary["export"] = run_export(model, hierarchy, config, out, summary)
-    atomic_write_json(os.path.join(out, "summary.json"), summary, default=str)
+        summary["export"] = run_export(model, hierarchy, config, write_dir, summary)
+    atomic_write_json(os.path.join(write_dir, "summary.json"), summary, default=str)
     return summary
 
 
@@ -401,29 +438,43 @@ def train(config, out, callbacks=()):
         out: run directory (created; reused to resume: its stored config must
             have the same training settings).
         callbacks: extra Keras callbacks for `fit`.
+
+    Under `TF_CONFIG` (several workers) every worker runs every step, saving
+    included, but only the chief writes into `out`; the others write into a
+    throw-away folder (`keras_hier.distributed.chief_only_path`), and all
+    resume from `out`'s backup, which must be on a shared file system.
     """
     import keras
 
     prepare_run_dir(config, out)
+    strategy, policy = setup_devices(config)  # first: a multi-worker strategy precedes any TF op
     keras.utils.set_random_seed(int(config["seed"]))
-    strategy, policy = setup_devices(config)
+    write_dir = out
+    if multi_worker():
+        from keras_hier.distributed import chief_only_path
+
+        write_dir = chief_only_path(out)
     start = time.time()
-    data = load_data(config)
+    data = load_data(config, drop_remainder=multi_worker())
     train_data, test_data, _ = data
     hierarchy = train_data.hierarchy
     with strategy.scope():
         model = build_model(config, hierarchy, train_data.input_shape)
         compile_model(model, config, hierarchy)
-    write_config(config, out)
+    write_config(config, write_dir)
     _log(f"{config['name']}: {config['head']} head on {config['dataset']} ({train_data.num_examples} train / "
          f"{train_data.num_validation} val / {test_data.num_examples} test, {hierarchy.num_classes} classes), "
          f"policy {policy}, {strategy.num_replicas_in_sync} replica(s), run dir {out}")
-    history, _ = _fit(model, config, train_data, out, callbacks, strategy)
+    history, _ = _fit(model, config, train_data, out, write_dir, callbacks, strategy)
     summary = {"config": config["name"], "epochs": int(config["epochs"]),
                "train_seconds": round(time.time() - start, 1), "policy": policy,
                "replicas": int(strategy.num_replicas_in_sync),
                "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
-    summary = _finish(model, config, out, data, summary)
+    summary = _finish(model, config, out, write_dir, data, summary)
+    if write_dir != out:
+        from keras_hier.distributed import cleanup_worker_paths
+
+        cleanup_worker_paths()
     _log(f"test accuracy {summary['test_accuracy']:.4f}; report: {summary.get('report')}; "
          f"export: {summary.get('export')}")
     return summary
