@@ -73,25 +73,27 @@ def train_evaluate_export(epochs, out, max_examples=None):
 
 
 def query_export(version_dir, dataset="fashion_mnist", count=3):
+    """Queries the export's `serving_default` through TensorFlow's C++ loader, as TF-Serving loads it."""
     import numpy as np
-    import tensorflow as tf
 
     from keras_hier import hierarchies, load_dataset
+    from keras_hier.serving_kit.c_loader import CLoader
 
-    served = tf.saved_model.load(version_dir).signatures["serving_default"]
-    test = load_dataset(dataset, "test", hierarchy=hierarchies.fashion_mnist(), batch_size=count, shuffle=False,
-                        image_dtype="uint8" if served.structured_input_signature[1]["images"].dtype == tf.uint8
-                        else "float32")
-    images, labels = next(iter(test.dataset))
-    answer = served(images=images)
+    with CLoader() as loader:
+        dtype = loader.signatures(version_dir)["serving_default"]["inputs"]["images"][1]
+        test = load_dataset(dataset, "test", hierarchy=hierarchies.fashion_mnist(), batch_size=count, shuffle=False,
+                            image_dtype="uint8" if dtype == "uint8" else "float32")
+        images, labels = next(iter(test.dataset))
+        answer = loader.run(version_dir, "serving_default", {"images": np.asarray(images)})
     depth = len([k for k in answer if k.endswith("_names") and k.startswith("level_")])
-    print(f"\n== Querying {version_dir} (serving_default) with {count} test images")
+    print(f"\n== Querying {version_dir} (serving_default) with {count} test images through TensorFlow's C++ "
+          "SavedModel loader (what TF-Serving runs)")
     for i in range(count):
-        chain = " > ".join(answer[f"level_{l}_names"][i].numpy().decode() for l in range(depth))
+        chain = " > ".join(answer[f"level_{l}_names"][i].decode() for l in range(depth))
         truth = test.class_names[int(labels[i])]
-        print(f"image {i} (true {truth}): {answer['classes'][i].numpy().decode()} "
+        print(f"image {i} (true {truth}): {answer['classes'][i].decode()} "
               f"p={float(answer['scores'][i]):.3f}   chain: {chain}")
-    return {k: np.asarray(v) for k, v in answer.items()}
+    return answer
 
 
 class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
