@@ -28,15 +28,18 @@ JAX: `data_parallel()` sets `keras.distribution.DataParallel` over the
 local (or, after `keras.distribution.initialize`, all hosts') devices; the
 jitted train step then sees the global batch, split across devices.
 
-Example (one process: no cluster, default strategy, this process is the chief):
+Example (`environ` stands in for each process's environment):
 
->>> import os
->>> os.environ.pop("TF_CONFIG", None) is None or True
-True
->>> cluster_config() is None, num_workers(), is_chief(), task_index()
-(True, 1, True, 0)
->>> chief_only_path("/tmp/run/export")
-'/tmp/run/export'
+>>> one = {}                                   # no TF_CONFIG: one process, the chief
+>>> num_workers(one), task_index(one), is_chief(one), chief_only_path("/runs/a/export", one)
+(1, 0, True, '/runs/a/export')
+>>> second = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]},
+...                                    "task": {"type": "worker", "index": 1}})}
+>>> num_workers(second), task_index(second), is_chief(second)
+(2, 1, False)
+>>> chief_only_path("/runs/a/export", second).startswith("/runs")   # a throw-away temporary path
+False
+>>> cleanup_worker_paths()
 """
 
 import contextlib
@@ -291,9 +294,13 @@ def _patch_keras_multi_worker_build():
 def chief_only_path(path, environ=None):
     """`path` on the chief; a fresh throw-away path with the same base name on other workers.
 
-    Every worker must run the same saving code (it may run collective ops);
-    only the chief's copy lands in `path`. The other workers' temporary
-    folders are removed by `cleanup_worker_paths()` (or use `chief_only`).
+    Every worker runs the same saving code (anything that may run
+    collective ops under the strategy: evaluation, prediction, a SavedModel
+    export) and only the chief's copy lands in `path`, as the Keras
+    multi-worker guide prescribes. (Keras 3's `save_weights` runs no
+    collective op: `if is_chief():` is enough around a weights file.) The
+    other workers' temporary folders are removed by
+    `cleanup_worker_paths()` (or use `chief_only`).
 
     Args:
         path: the file or folder the chief writes.
@@ -484,6 +491,12 @@ def data_parallel(devices=None):
 
 
 # ------------------------------------------------------------ communication
+def _layers(model):
+    for layer in getattr(model, "layers", ()):
+        yield layer
+        yield from _layers(layer)
+
+
 def reduction_bytes(model, global_batch_size):
     """Bytes each step all-reduces (or all-gathers) in float32, by purpose.
 
@@ -508,7 +521,7 @@ def reduction_bytes(model, global_batch_size):
 
     gradients = int(sum(np.prod(w.shape) for w in model.trainable_weights)) * 4
     ema = dynamic = 0
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _layers(model):
         if getattr(layer, "proxy_mode", None) == "ema":
             dim = int(layer.proxies.shape[-1])
             ema += (layer.num_classes * dim + layer.num_classes) * 4

@@ -179,7 +179,12 @@ def test_killed_worker_resumes_without_losing_an_epoch(tmp_path):
     final0, final1 = _load(out / "final_0.npz"), _load(out / "final_1.npz")
     for key in final0:
         np.testing.assert_array_equal(final0[key], final1[key], err_msg=key)
-    _assert_same(final0, _load(tmp_path / "reference" / "final_0.npz"), "resumed 2 workers vs uninterrupted 1 process")
+    reference = _load(tmp_path / "reference" / "final_0.npz")
+    assert final0["head/scale_adam_state"][2] == reference["head/scale_adam_state"][2] == 9  # 3 x 3 steps, no more
+    np.testing.assert_allclose(final0["head/log_scale"], reference["head/log_scale"], atol=1e-4)
+    # Nine steps of the dynamic scale amplify float32 summation-order differences to ~2e-4
+    # (the same without a kill); one lost epoch would move the weights by ~1e-1.
+    _assert_same(final0, reference, "resumed 2 workers vs uninterrupted 1 process", atol=2e-3)
 
 
 # ------------------------------------------------------------------------ JAX
