@@ -1,8 +1,6 @@
 """Tests for keras_hier.data on fixtures written by the tests themselves."""
 
 import gzip
-import os
-import pathlib
 import time
 
 import numpy as np
