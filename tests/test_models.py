@@ -12,6 +12,7 @@ import pytest
 from keras_hier import Hierarchy
 from keras_hier.layers import NormFaceHead, ProxyDRHead
 from keras_hier.losses import CORRLoss, HierarchicalCrossEntropy, SimLoss, SoftLabelCrossEntropy
+from keras_hier.metrics import MistakeSeverity
 from keras_hier.models import Classifier, build_classifier
 
 TREE = Hierarchy.from_paths(["a/b/x", "a/b/y", "a/c/z", "a/c/v", "d/e/w", "d/f/u"])
@@ -109,24 +110,32 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_keras_file_round_trip_gives_identical_predictions(case, tmp_path):
-    head, kwargs, loss = CASES[case]
+def test_keras_files_load_in_a_fresh_process_with_identical_outputs(tmp_path):
+    """Every head / loss combination, trained, saved, loaded after only `import keras, keras_hier` in a
+    fresh process (tests/roundtrip.py): same predictions and same evaluate() loss and metrics; loaded here,
+    the compiled state keeps training."""
+    from roundtrip import run_serialization_tests
+
     x, y = toy_data(24)
-    model = build_classifier(backbone(), head=head, num_classes=C, embedding_dim=4, **kwargs)
-    model.compile(optimizer="adam", loss=loss(), metrics=["accuracy"])
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    path = tmp_path / "model.keras"
-    model.save(path)
-    restored = keras.saving.load_model(path)
-    assert isinstance(restored, Classifier)
-    np.testing.assert_array_equal(restored.predict(x, verbose=0), model.predict(x, verbose=0))
-    assert type(restored.loss) is type(model.loss)
-    assert restored.loss.get_config() == model.loss.get_config()
-    if head in ("proxydr", "normface", "corr"):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored.get_layer("head").scale),
-                                      keras.ops.convert_to_numpy(model.get_layer("head").scale))
-    restored.fit(x, y, batch_size=8, epochs=1, verbose=0)  # the compiled state is usable
+    cases, models = [], {}
+    for case in sorted(CASES):
+        head, kwargs, loss = CASES[case]
+        model = build_classifier(backbone(), head=head, num_classes=C, embedding_dim=4, **kwargs)
+        model.compile(optimizer="adam", loss=loss(), metrics=["accuracy", MistakeSeverity(TREE)])
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        cases.append((model, x, y))
+        models[case] = model
+    loaded = run_serialization_tests(cases, rtol=1e-5, atol=1e-5)
+    assert all({"predict", "evaluate/loss", "evaluate/mistake_severity"} <= set(out) for out in loaded)
+    model = models["proxydr-ema-dynamic+simloss"]
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    assert isinstance(restored, Classifier) and type(restored.loss) is type(model.loss)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored.get_layer("head").scale),
+                                  keras.ops.convert_to_numpy(model.get_layer("head").scale))
+    before = keras.ops.convert_to_numpy(restored.get_layer("head")._proxies).copy()
+    restored.fit(x, y, batch_size=8, epochs=1, verbose=0)  # the compiled state, EMA included, keeps training
+    assert np.abs(keras.ops.convert_to_numpy(restored.get_layer("head")._proxies) - before).max() > 0
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
@@ -203,3 +212,19 @@ def test_mirrored_strategy_on_two_cpus_matches_a_single_device_run():
     np.testing.assert_array_equal(mirrored["visited"], single["visited"])
     np.testing.assert_allclose(mirrored["embedding"], single["embedding"], atol=1e-4)
     assert mirrored["scale"] != pytest.approx(ProxyDRHead(6, dynamic_scale=True).initial_scale, abs=1e-4)
+
+
+@pytest.mark.parametrize("build", ["functional", "subclass_of_classifier"])
+def test_classifier_updates_ema_and_scale_however_it_is_built(build):
+    """Classifier(inputs, outputs) written by hand trains the after-step updates like build_classifier."""
+    x, y = toy_data(32)
+    inputs = keras.Input((10,))
+    head = NormFaceHead(C, proxy_mode="ema", dynamic_scale=True, name="head")
+    outputs = head(keras.layers.Dense(4)(backbone()(inputs)))
+    model = Classifier(inputs, outputs) if build == "functional" else type("Mine", (Classifier,), {})(inputs, outputs)
+    model.compile("adam", ce())
+    p0, s0 = keras.ops.convert_to_numpy(head._proxies).copy(), float(head.scale)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert np.abs(keras.ops.convert_to_numpy(head._proxies) - p0).max() > 1e-3
+    assert float(head.scale) != s0
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(head._visited), np.isin(np.arange(C), y))
