@@ -197,7 +197,8 @@ def dense_worker(num_classes, impls, batch, repeats, threads, similarity_path, m
 
 
 def save_worker(num_classes, impl):
-    """Seconds to `model.save` a tiny model compiled with CE or a hierarchy loss (median of 3)."""
+    """Seconds to `model.save` a tiny model compiled with CE or a hierarchy loss: the first save, and
+    the median of the next two (the loss encodes its immutable hierarchy once)."""
     import tempfile
 
     import keras
@@ -218,7 +219,7 @@ def save_worker(num_classes, impl):
             model.save(os.path.join(tmp, f"m{index}.keras"))
             times.append(time.perf_counter() - start)
         size = os.path.getsize(os.path.join(tmp, "m0.keras"))
-    return dict(save_s=float(np.median(times)), size_mb=size / 2**20)
+    return dict(first_s=times[0], save_s=float(np.median(times[1:])), size_mb=size / 2**20)
 
 
 def run_python(arguments, timeout=1800):
@@ -277,9 +278,11 @@ def dense_section(args):
     ce, sim = saves["ce"], saves["simloss"]
     if "error" not in ce and "error" not in sim:
         lines += ["", f"`.keras` save of a Dense model compiled with `SimLoss.from_hierarchy` on a "
-                  f"{args.save_classes}-class tree: {sim['save_s']:.2f} s ({sim['size_mb']:.1f} MiB) vs "
-                  f"cross-entropy {ce['save_s']:.2f} s ({ce['size_mb']:.1f} MiB): "
-                  f"{sim['save_s'] / ce['save_s']:.2f}x (median of 3 saves)."]
+                  f"{args.save_classes}-class tree: first save {sim['first_s']:.2f} s, later saves "
+                  f"{sim['save_s']:.2f} s ({sim['size_mb']:.1f} MiB) vs cross-entropy {ce['first_s']:.2f} s / "
+                  f"{ce['save_s']:.2f} s ({ce['size_mb']:.1f} MiB): {sim['first_s'] / ce['first_s']:.2f}x first, "
+                  f"{sim['save_s'] / ce['save_s']:.2f}x later (the first save encodes the tree: "
+                  "`Hierarchy.to_config`)."]
     publish("dense_simloss", lines, write=not args.no_write)
 
 

