@@ -114,6 +114,20 @@ def _lookup(results, *path):
     return float(results) if isinstance(results, (int, float)) else math.nan
 
 
+def wall_clock(out):
+    """Minutes from the first stored run's start to the last one's end (file times minus run times)."""
+    ends, starts = [], []
+    for cell in CELLS:
+        folder = os.path.join(out, cell)
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            path = os.path.join(folder, name)
+            with open(path) as f:
+                record = json.load(f)
+            ends.append(os.path.getmtime(path))
+            starts.append(ends[-1] - record["train_seconds"] - record["eval_seconds"])
+    return (max(ends) - min(starts)) / 60 if ends else 0.0
+
+
 def stored_runs(out):
     """{cell: {seed: record}} of the finished runs under `out`."""
     runs = {}
@@ -181,13 +195,15 @@ def _paper_module():
     return paper
 
 
-def report_lines(runs, build, args, wall_minutes, stopped):
+def report_lines(runs, build, args, wall_minutes):
     paper = _paper_module()
     measures = {cell: {seed: paper.measures_of(r["results"]) for seed, r in by_seed.items()}
                 for cell, by_seed in runs.items()}
     rows, tests = paper.aggregate(measures)
     cold, warm, info = build
     seeds_done = sorted({s for by_seed in runs.values() for s in by_seed})
+    finished = sum(len(by_seed) for by_seed in runs.values())
+    requested = len(args.seeds) * len(args.cells)
     lines = [
         "## WordNet gloss benchmark: the paper's grid on 139 text classes",
         "",
@@ -204,16 +220,17 @@ def report_lines(runs, build, args, wall_minutes, stopped):
         "",
         f"Model: `text_bag` (TextVectorization, {args.max_tokens} tokens, {args.dim}-d embedding bag) -> "
         f"Dense 128 -> head; CE, Adam lr {args.lr}, batch {args.batch_size}, {args.epochs} epochs, best epoch "
-        f"by validation accuracy; scale 10. Seeds finished: {seeds_done} "
-        f"({'stopped by the time budget of ' + str(args.budget_minutes) + ' min' if stopped else 'all requested'}); "
-        f"wall clock {wall_minutes:.1f} min on 2 shared cores.",
+        f"by validation accuracy; scale 10. Runs finished: {finished} of the {requested} requested "
+        f"(seeds {seeds_done}{'; the time budget of ' + str(args.budget_minutes) + ' min stopped the rest' if finished < requested else ''}); "
+        f"wall clock {wall_minutes:.1f} min on 2 cores shared with other work (run under nice 10).",
         "",
         "Test split, mean ± std over seeds (distance: path edges; ρ = Spearman of the representatives' "
         "distances with the tree, W = proxies / Softmax weight rows, proto = class means of training embeddings):",
         "",
         paper.to_markdown(rows, tests).rstrip(),
         "",
-        "Mistake severity (mean tree distance of the mistakes), and each ρ with its permutation null "
+        f"Mistake severity (mean tree distance of the mistakes; a uniformly random wrong class is "
+        f"{_random_severity(args):.2f} edges away on average), and each ρ with its permutation null "
         "(mean over seeds of the null mean, and the largest p over seeds; 1000 permutations). "
         f"Ceilings (ties in the tree distances): classwise {_ceiling(runs, 'spearman_classwise')}, "
         f"pairwise {_ceiling(runs, 'spearman_pairwise')}.",
@@ -224,9 +241,17 @@ def report_lines(runs, build, args, wall_minutes, stopped):
         "",
         *more_tests(runs, paper),
         "",
-        "Result: " + verdict(rows, tests),
+        "Result: " + verdict(rows, tests, runs, _ceiling(runs, "spearman_classwise")),
     ]
     return lines
+
+
+def _random_severity(args):
+    """Mean path distance between two different classes (the severity of random mistakes)."""
+    from keras_hier.glosses import load_glosses
+
+    t = load_glosses(depth=args.depth, min_count=args.min_count).hierarchy.distance_matrix("path")
+    return float(t.sum() / (t.size - len(t)))
 
 
 def _ceiling(runs, kind):
@@ -238,22 +263,36 @@ def _ceiling(runs, kind):
     return "–"
 
 
-def verdict(rows, tests):
-    """One plain sentence per question, from the numbers."""
+def verdict(rows, tests, runs, ceiling):
+    """Plain sentences from the numbers: who is best on each measure, and what the paired tests say."""
     def mean(cell, measure):
         return rows.get(cell, {}).get(measure, (math.nan,))[0]
 
-    parts = []
-    best = max(rows, key=lambda c: mean(c, "accuracy")) if rows else None
-    if best:
-        parts.append(f"highest accuracy: {best} ({mean(best, 'accuracy'):.4f}).")
+    def severity(cell):
+        return float(np.mean([_lookup(r["results"], "classification", "mistake_severity")
+                              for r in runs[cell].values()]))
+
+    if not rows:
+        return "no finished runs."
+    cells = list(rows)
+    best = {m: max(cells, key=lambda c, m=m: mean(c, m)) for m in ("accuracy", "W_classwise", "ahs_250")}
+    low_ahd = min(cells, key=lambda c: mean(c, "ahd_at_5"))
+    low_severity = min(cells, key=severity)
+    rhos = [mean(c, "W_classwise") for c in cells]
+    parts = [f"highest accuracy: {best['accuracy']} ({mean(best['accuracy'], 'accuracy'):.4f}; range "
+             f"{min(mean(c, 'accuracy') for c in cells):.4f}–{max(mean(c, 'accuracy') for c in cells):.4f}).",
+             f"The class representatives follow the tree only weakly: ρ_cls W between {min(rhos):.3f} and "
+             f"{max(rhos):.3f} against a ceiling of {ceiling}; the most tree-like are {best['W_classwise']}'s.",
+             f"Mildest top-5 (lowest AHD@5): {low_ahd} ({mean(low_ahd, 'ahd_at_5'):.3f}); lowest mistake severity: "
+             f"{low_severity} ({severity(low_severity):.3f}); best AHS@250: {best['ahs_250']} "
+             f"({mean(best['ahs_250'], 'ahs_250'):.4f})."]
     for option, result in tests.items():
         diff, p = result["W_classwise"]
         acc, pa = result["accuracy"]
         parts.append(f"ProxyDR − NormFace ({option}, {len(result['seeds'])} seeds): accuracy {acc:+.4f} "
                      f"(p={pa:.3g}), ρ_cls W {diff:+.4f} (p={p:.3g})"
-                     + (" — a significant difference at 0.05." if math.isfinite(p) and p < 0.05 else
-                        " — not significant at 0.05."))
+                     + (" — significant at 0.05." if math.isfinite(p) and p < 0.05 else
+                        " — not significant at 0.05 for ρ."))
     return " ".join(parts)
 
 
@@ -305,8 +344,7 @@ def main(argv=None):
             break
     runs = stored_runs(args.out)
     runs = {cell: runs[cell] for cell in args.cells if cell in runs}
-    publish("glosses", report_lines(runs, build, args, (time.perf_counter() - start) / 60, stopped),
-            write=not args.no_write)
+    publish("glosses", report_lines(runs, build, args, wall_clock(args.out)), write=not args.no_write)
 
 
 if __name__ == "__main__":
