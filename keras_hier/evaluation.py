@@ -17,6 +17,8 @@ module does not import TensorFlow (only `evaluate` and
 `class_representatives` with a model do).
 """
 
+import time
+
 import numpy as np
 
 from keras_hier.geometry import normalize_rows
@@ -303,10 +305,12 @@ def evaluate(model, dataset, hierarchy, train_dataset=None, k=5, ks=DEFAULT_KS, 
         dict with `classification` (`hierarchy_informed`, plus `decoders`),
         `retrieval`, `inference` ({"W": ..., "proto": ...}), `representatives`
         (lists, for the figures of `report`), `hierarchy` (class paths) and
-        `meta` (with `embedding_note` when no embedding was found, and why).
+        `meta` (with `embedding_note` when no embedding was found, and why;
+        `seconds` spent in the model pass, retrieval and inference).
     """
     check_distance_kind(distance)
     c = hierarchy.num_classes
+    clock = [time.perf_counter()]
     informed, means, emb, labels, reason = _stream(model, dataset, hierarchy, min(k, c), distance, batch_size,
                                                    from_logits, decoders, embedding_model)
     results = {
@@ -315,12 +319,14 @@ def evaluate(model, dataset, hierarchy, train_dataset=None, k=5, ks=DEFAULT_KS, 
         "hierarchy": {"classes": list(hierarchy.classes), "paths": ["/".join(p) for p in hierarchy.paths]},
         "classification": informed.result(),
     }
+    seconds = results["meta"]["seconds"] = {"model_pass": _lap(clock)}
     if emb is None:
         results["meta"]["embedding_note"] = f"no retrieval or class means: {reason}"
     elif labels.size > 1:
         kept = [kk for kk in ks if kk <= labels.size - 1]
         results["retrieval"] = retrieval(emb, labels, hierarchy, ks=kept or (1,), distance=distance,
                                          dtype=retrieval_dtype)
+        seconds["retrieval"] = _lap(clock)
     reps = _representatives(model, means if emb is not None else None, train_dataset, c, batch_size,
                             embedding_model)
     if "proto" in reps:
@@ -332,9 +338,16 @@ def evaluate(model, dataset, hierarchy, train_dataset=None, k=5, ks=DEFAULT_KS, 
                                                                 n_permutations=n_permutations, seed=seed)
         except ValueError as err:  # e.g. fewer than 3 classes present: reported, not a crash
             results["inference"][name] = {"error": str(err)}
+    seconds["inference"] = _lap(clock)
     results["representatives"] = {name: np.where(np.isnan(r), None, r).tolist() for name, r in reps.items()
                                   if c <= MAX_REPORTED_REPRESENTATIVES}
     return results
+
+
+def _lap(clock):
+    now = time.perf_counter()
+    elapsed, clock[0] = now - clock[0], now
+    return round(elapsed, 3)
 
 
 #: Above this many classes the representatives are not copied into the results dict (its JSON would be huge).

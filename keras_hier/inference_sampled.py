@@ -20,7 +20,9 @@ ranks, several times): about 2 GB at C = 5 000, 100 GB at C = 65 000. Above
   (`keras_hier.tree_counts.tie_ceiling`), no sampling.
 - permutation null: the same estimator (same anchors, columns and pairs)
   with the tree's class labels shuffled, so observed and null values are
-  comparable; `p_value` = (1 + #{null >= observed}) / (1 + permutations).
+  comparable; `p_value` = (1 + #{null >= observed}) / (1 + permutations),
+  with at most `SAMPLED_MAX_PERMUTATIONS` permutations (stated in
+  `null.n_permutations`).
 - UPGMA cophenetic correlation and Robinson-Foulds: exact on a random
   subset of `tree_subset` classes (stated in `tree_subset_size`).
 - level retrieval (P@1, R-precision, MAP@R): exact for the anchor queries
@@ -40,10 +42,12 @@ from scipy.spatial.distance import squareform
 from keras_hier.geometry import chordal_distances, normalize_rows, sphere_distances
 from keras_hier.tree_counts import distance_histogram, pair_distances, tie_ceiling
 
-__all__ = ["EXACT_MAX_CLASSES", "sampled_inference", "exact_ceilings"]
+__all__ = ["EXACT_MAX_CLASSES", "SAMPLED_MAX_PERMUTATIONS", "sampled_inference", "exact_ceilings"]
 
 #: Largest C for which `hierarchical_inference` computes the exact measures by default.
 EXACT_MAX_CLASSES = 5000
+#: The sampled null runs at most this many permutations (p-values resolve 1/101).
+SAMPLED_MAX_PERMUTATIONS = 100
 _CLIP = 1.0 - 1e-12
 _GROUPS = 20
 
@@ -200,9 +204,10 @@ def sampled_inference(reps, hierarchy, keep, distance="path", n_permutations=100
     result.update(zip(names, observed))
     result["confidence_interval"] = dict(zip(names, intervals))
     result["ceiling"] = dict(zip(names, exact_ceilings(hierarchy, keep, distance)))
+    n_permutations = min(int(n_permutations), SAMPLED_MAX_PERMUTATIONS)
     if n_permutations:
         null = np.array([design.measures(hierarchy, keep, distance, perm=rng.permutation(n))
-                         for _ in range(int(n_permutations))])
+                         for _ in range(n_permutations)])
         result["null"] = {
             name: {"mean": float(np.nanmean(null[:, i])), "std": float(np.nanstd(null[:, i])),
                    "p_value": float((1 + np.sum(null[:, i] >= observed[i])) / (1 + len(null)))}
