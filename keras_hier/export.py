@@ -202,9 +202,9 @@ def _options(model, hierarchy, decoder, cost, backoff_threshold, top_k, from_log
     """Validates every argument at the public boundary; returns `_Options`."""
     import keras
 
-    if keras.backend.backend() != "tensorflow":
+    if keras.backend.backend() not in ("tensorflow", "jax"):
         raise RuntimeError(
-            f"export_saved_model runs under KERAS_BACKEND=tensorflow (this process uses "
+            f"export_saved_model runs under KERAS_BACKEND=tensorflow or jax (this process uses "
             f"{keras.backend.backend()!r}): save the trained model (model.save('m.keras')), then export it "
             "from a process started with KERAS_BACKEND=tensorflow; weights do not depend on the backend")
     if not isinstance(model, keras.Model):
@@ -339,14 +339,37 @@ def _decode_images(image_bytes, options):
 
 
 def _archive(model, hierarchy, options):
-    """A `keras.export.ExportArchive` tracking the model, with the signatures as endpoints."""
+    """A `keras.export.ExportArchive` tracking the model, with the signatures as endpoints.
+
+    Under JAX the model is converted by the archive (jax2tf, its own `serving_scores`
+    endpoint: the model's raw scores) and the signatures call that conversion.
+    """
     import keras
+    import tensorflow as tf
 
     archive = keras.export.ExportArchive()
     archive.track(model)
+    if keras.backend.backend() == "jax":
+        specs = [tf.TensorSpec([None, *s.shape[1:]], options.model_dtype if options.image else s.dtype, name=s.name)
+                 for s in options.inputs]
+        converted = archive.track_and_add_endpoint(
+            "serving_scores", model, [specs[0] if len(specs) == 1 else keras.tree.pack_sequence_as(model.input, specs)])
+        model = _ConvertedModel(converted, model)
     for name, (fn, signature) in _signature_functions(model, hierarchy, options).items():
-        archive.add_endpoint(name, fn, input_signature=signature)
+        function = tf.function(fn, input_signature=signature, autograph=False)
+        function.get_concrete_function()
+        archive.add_endpoint(name, function)
     return archive
+
+
+class _ConvertedModel:
+    """Calls a converted (TensorFlow) model function the way the signatures call a Keras model."""
+
+    def __init__(self, function, model):
+        self.function, self.input = function, model.input
+
+    def __call__(self, inputs, training=False):
+        return self.function(inputs)
 
 
 # ------------------------------------------------------------------- versions
