@@ -107,6 +107,19 @@ def equivalence(args, strategy):
         with local_statistics(name):
             model.fit(dataset(x, y, args.global_batch), epochs=1, verbose=0, shuffle=False)
         np.savez(os.path.join(args.out, f"{name}_{task_index()}.npz"), **weights_of(model))
+        if name == args.export:
+            export(model, args.out)
+
+
+def export(model, out):
+    """Every worker exports (tracing may run ops under the strategy); only the chief's lands in out/export."""
+    import keras_hier
+    from keras_hier.distributed import chief_only_path, cleanup_worker_paths
+
+    hierarchy = keras_hier.Hierarchy.from_paths(["a/c0", "a/c1", "b/c2", "b/c3", "c4"])
+    path = keras_hier.export_saved_model(model, hierarchy, chief_only_path(os.path.join(out, "export")))
+    print(f"[worker] exported {path}", flush=True)
+    cleanup_worker_paths()
 
 
 class _KillOnce:
@@ -195,6 +208,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     parser.add_argument("--heads", default="dense,normface,proxydr")
     parser.add_argument("--save-init", action="store_true", help="also write the initial weights")
+    parser.add_argument("--export", default="", help="equivalence: export this head's model (chief only)")
     parser.add_argument("--steps", type=int, default=4, help="global batches per epoch")
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=4)

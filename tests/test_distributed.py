@@ -63,17 +63,20 @@ class Cluster:
         self.env.pop("TF_CONFIG", None)
         self.procs, self.exits, self.logs = {}, {}, {}
 
-    def start(self, key, index=None, out=None):
-        """Starts worker `index` of the cluster (None: a process without TF_CONFIG)."""
+    def start(self, key, index=None, out=None, args=None):
+        """Starts worker `index` of the cluster (None: a process without TF_CONFIG), with
+        `args` instead of the cluster's arguments if given."""
         env = dict(self.env)
         if index is not None:
             env["TF_CONFIG"] = json.dumps({"cluster": self.cluster, "task": {"type": "worker", "index": index}})
         runs = len(self.exits.setdefault(key, []))
         log = self.tmp_path / f"{key}.{runs}.log"
         self.logs.setdefault(key, []).append(log)
-        command = [sys.executable, str(WORKER), self.mode, "--out", str(out or self.tmp_path / "out")] + self.args
+        args = self.args if args is None else list(args)
+        command = [sys.executable, str(WORKER), self.mode, "--out", str(out or self.tmp_path / "out")] + args
         with open(log, "w") as stream:
-            self.procs[key] = (subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT), index, out)
+            proc = subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
+        self.procs[key] = (proc, index, out, args)
 
     def wait(self, restart=0):
         """Waits for every process; a worker exiting non-zero is restarted up to `restart` times."""
@@ -83,14 +86,14 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise AssertionError(f"cluster still running after {DEADLINE} s:\n{self.tail()}")
             time.sleep(0.2)
-            for key, (proc, index, out) in list(running.items()):
+            for key, (proc, index, out, args) in list(running.items()):
                 code = proc.poll()
                 if code is None:
                     continue
                 self.exits[key].append(code)
                 del running[key]
                 if code != 0 and len(self.exits[key]) <= restart:
-                    self.start(key, index, out)
+                    self.start(key, index, out, args)
                     running[key] = self.procs[key]
         failed = {key: codes for key, codes in self.exits.items() if codes[-1] != 0}
         assert not failed, f"workers failed {failed}:\n{self.tail()}"
@@ -107,7 +110,7 @@ class Cluster:
         return self
 
     def __exit__(self, *exc):
-        for proc, _, _ in self.procs.values():
+        for proc, *_ in self.procs.values():
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
@@ -130,10 +133,12 @@ def two_workers(tmp_path_factory):
     """One run: two workers and the single-process reference, same global batches."""
     tmp = tmp_path_factory.mktemp("two_workers")
     heads = ",".join(EQUIVALENT_HEADS + ("proxydr_local",))
-    with Cluster(tmp, "equivalence", ["--heads", heads, "--steps", "4", "--global-batch", "8"]) as cluster:
+    (tmp / "scratch").mkdir()
+    args = ["--heads", heads, "--steps", "4", "--global-batch", "8", "--export", "proxydr"]
+    with Cluster(tmp, "equivalence", args, env={"TMPDIR": str(tmp / "scratch")}) as cluster:
         cluster.start("worker0", 0)
         cluster.start("worker1", 1)
-        cluster.start("reference", None, tmp / "reference")
+        cluster.start("reference", None, tmp / "reference", args[:-2])  # one process, no export
         cluster.wait()
     return tmp
 
@@ -150,6 +155,14 @@ def test_two_workers_equal_one_process(two_workers, head):
         assert {"head/proxies", "head/log_scale", "head/visited", "head/scale_adam_state"} <= set(reference)
         assert reference["head/scale_adam_state"][2] == 4  # four steps
         assert np.all(reference["head/visited"] == 1)
+
+
+def test_only_the_chief_exports(two_workers):
+    """Both workers run the export; one version lands in the chief's folder, the other's copy is removed."""
+    assert sorted(os.listdir(two_workers / "out" / "export")) == ["1"]
+    assert (two_workers / "out" / "export" / "1" / "saved_model.pb").exists()
+    assert not os.listdir(two_workers / "scratch")  # worker 1's throw-away export is gone
+    assert not (two_workers / "reference" / "export").exists()
 
 
 def test_workers_disagree_without_the_heads_reductions(two_workers):
