@@ -222,7 +222,15 @@ def robinson_foulds(linkage_matrix, groups_per_level):
 
 
 # ------------------------------------------------------ level retrieval
-def level_retrieval(distances, groups, queries=None):
+def neighbour_order(distances, queries=None):
+    """[Q, C - 1]: the other representatives of each query row, nearest first (ties: smaller id)."""
+    d = np.array(distances, dtype=np.float64)
+    q = np.arange(d.shape[0]) if queries is None else np.asarray(queries)
+    d[np.arange(q.size), q] = np.inf
+    return np.argsort(d, axis=1, kind="stable")[:, :-1]
+
+
+def level_retrieval(distances, groups, queries=None, order=None):
     """P@1, R-precision and MAP@R of each representative querying the others.
 
     Relevant = same group; R = group size - 1; queries with R = 0 are skipped.
@@ -232,11 +240,10 @@ def level_retrieval(distances, groups, queries=None):
         distances: [C, C] distances, or [Q, C] rows of the `queries`.
         groups: [C] group id of every representative.
         queries: row ids of the queries when `distances` has only their rows.
+        order: optional `neighbour_order(distances, queries)`, to share one sort between levels.
     """
-    d = np.array(distances, dtype=np.float64)
-    q = np.arange(d.shape[0]) if queries is None else np.asarray(queries)
-    d[np.arange(q.size), q] = np.inf
-    order = np.argsort(d, axis=1, kind="stable")[:, :-1]
+    q = np.arange(np.shape(distances)[0]) if queries is None else np.asarray(queries)
+    order = neighbour_order(distances, queries) if order is None else order
     rel = groups[order] == groups[q][:, None]
     r = np.bincount(groups)[groups[q]] - 1
     keep = r > 0
@@ -386,10 +393,11 @@ def _exact(reps, hierarchy, keep, distance, n_permutations, seed):
     result.update(_tree_comparison(d, t, hierarchy, keep))
     groups = [np.asarray(hierarchy.ancestors(level))[keep] for level in range(hierarchy.depth)]
     levels = []
+    order = neighbour_order(d)
     for level in range(hierarchy.depth - 1):
         _, dense = np.unique(groups[level], return_inverse=True)
         entry = {"level": level, "num_nodes": int(hierarchy.num_nodes(level))}
-        entry.update(level_retrieval(d, dense))
+        entry.update(level_retrieval(d, dense, order=order))
         levels.append(entry)
     result["levels"] = levels
     return result
@@ -416,4 +424,4 @@ def _tree_comparison(d, t, hierarchy, keep):
 
 
 __all__ = ["hierarchical_inference", "spearman_measures", "spearman_ceilings", "fisher_mean",
-           "chordal_distances", "robinson_foulds", "level_retrieval", "EXACT_MAX_CLASSES"]
+           "chordal_distances", "robinson_foulds", "level_retrieval", "neighbour_order", "EXACT_MAX_CLASSES"]

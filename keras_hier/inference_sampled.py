@@ -164,14 +164,15 @@ def _tree_subset(reps, hierarchy, keep, distance, rng, size):
 
 
 def _anchor_levels(reps, hierarchy, keep, anchors):
-    from keras_hier.inference import level_retrieval
+    from keras_hier.inference import level_retrieval, neighbour_order
 
     d = sphere_distances(reps[anchors], reps)
+    order = neighbour_order(d, anchors)
     levels = []
     for level in range(hierarchy.depth - 1):
         _, dense = np.unique(np.asarray(hierarchy.ancestors(level))[keep], return_inverse=True)
         entry = {"level": level, "num_nodes": int(hierarchy.num_nodes(level))}
-        entry.update(level_retrieval(d, dense, queries=anchors))
+        entry.update(level_retrieval(d, dense, queries=anchors, order=order))
         levels.append(entry)
     return levels
 

@@ -327,3 +327,20 @@ def test_wrong_width_and_bad_labels_are_named():
         evaluate(_model(8), (x, y), Hierarchy.from_paths([f"a/x{i}" for i in range(9)]), n_permutations=0)
     with pytest.raises(ValueError, match="dataset labels"):
         evaluate(_model(8), (x, y + 0.5), tree(), n_permutations=0)
+
+
+def test_sequential_with_a_keras_hier_head():
+    import keras
+
+    from keras_hier import ProxyDRHead
+
+    x, y = _data()
+    model = keras.Sequential([keras.layers.Dense(4), ProxyDRHead(8)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=1, verbose=0)
+    out = evaluate(model, (x, y), tree(), ks=(1,), n_permutations=0)
+    w = np.asarray(model.layers[-1].proxies)
+    np.testing.assert_allclose(out["representatives"]["W"], w / np.linalg.norm(w, axis=1, keepdims=True), atol=1e-5)
+    emb = np.asarray(model.layers[0](x))
+    np.testing.assert_allclose(out["representatives"]["proto"], class_representatives(emb, y, 8)["proto"],
+                               atol=1e-5)
