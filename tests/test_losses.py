@@ -488,3 +488,30 @@ def test_half_precision_logits_give_float32_losses(kind):
     for dtype in ("float16", "bfloat16"):
         value = loss(y, tf.cast(z, dtype))
         assert value.dtype == tf.float32 and np.isfinite(value.numpy())
+
+
+def test_soft_targets_bad_labels_and_empty_batches_under_jax():
+    code = """
+import numpy as np, jax, jax.numpy as jnp
+from keras_hier import Hierarchy
+from keras_hier.losses import SimLoss, HierarchicalCrossEntropy, SoftLabelCrossEntropy, CORRLoss
+h = Hierarchy.from_paths(["a/b/x", "a/b/y", "a/c/z", "q", "d/e/f/w"])
+z = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
+q = (0.9 * np.eye(5)[[0, 2, 3, 4]] + 0.02).astype("float32")
+for loss in [SimLoss.from_hierarchy(h), SimLoss(h.similarity_matrix()), HierarchicalCrossEntropy(h, 0.4),
+             SoftLabelCrossEntropy(h, 2.0), CORRLoss()]:
+    eager, jitted = float(loss(q, z)), float(jax.jit(lambda a, b: loss(a, b))(q, z))
+    assert abs(eager - jitted) < 1e-5 and np.isfinite(eager), (loss, eager, jitted)
+    assert np.isnan(float(jax.jit(lambda a, b: loss(a, b))(jnp.array([0, 7, 1, 2]), z)))
+    assert np.all(np.isfinite(np.asarray(jax.grad(lambda v: loss(q, v))(jnp.asarray(z)))))
+    assert float(loss(np.zeros((0,), "int32"), np.zeros((0, 5), "float32"))) == 0.0
+    try:
+        loss(np.array([0, 9, 1, 1]), z)
+        raise AssertionError("no error")
+    except ValueError as error:
+        assert "label 9 at index 1 is outside" in str(error)
+print("JAX-OK")
+"""
+    from roundtrip import run_fresh_python
+
+    assert "JAX-OK" in run_fresh_python(code, env={"KERAS_BACKEND": "jax"}).stdout
