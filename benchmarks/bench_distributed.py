@@ -171,9 +171,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_distributed_") as out:
         one = _run(1, args, out)
         two = _run(2, args, out)
+    load = max(load_before, os.getloadavg()[0])
     sizes = two["bytes"]
     kib = 1024.0
     lines = [
@@ -189,7 +191,8 @@ def main(argv=None):
         f"| 2 workers | {two['replicas']} | {two['images_per_second']:.0f} |",
         "",
         "A sanity figure: both workers share this machine's 2 cores (and the loopback network), so no speed-up "
-        "is expected; on separate machines each worker brings its own cores or GPUs.",
+        "is expected; on separate machines each worker brings its own cores or GPUs. "
+        f"Load average around the run: {load:.1f} (other jobs shared the cores).",
         "",
         "Communication per step (float32 payload; a ring all-reduce sends about 2 (N - 1) / N of it per "
         "worker):",
