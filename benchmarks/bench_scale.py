@@ -166,7 +166,7 @@ def evaluate_lines(r):
     s = r["seconds"]
     ratio = r["t_eval"] / r["t_predict"]
     return [
-        f"### `evaluate` of a {r['C']:,}-class model on {r['N']:,} inputs", "",
+        f"`evaluate` of a {r['C']:,}-class model on {r['N']:,} inputs", "",
         f"Synthetic ragged tree ({r['C']:,} classes, {r['depth']} levels), inputs D = 64, model = Dense(64) "
         f"embedding + Dense({r['C']:,}) head. `model.predict` runs in chunks of 2 500 inputs (one call would "
         f"return {r['N'] * r['C'] * 4 / 1e9:.0f} GB of scores).", "",
@@ -185,7 +185,7 @@ def evaluate_lines(r):
 def inference_lines(r):
     big, exact, est = r["big"], r["exact"], r["est"]
     lines = [
-        f"### Hierarchical inference at C = {r['C']:,} (WordNet leaf nouns, {r['depth']} levels)", "",
+        f"Hierarchical inference at C = {r['C']:,} (WordNet leaf nouns, {r['depth']} levels)", "",
         f"Representatives: tree-structured random vectors (D = 64) with noise. Sampled estimator "
         f"({big['num_anchors']} anchors x {big['num_columns']} columns, {big['num_pairs']:,} pairs, "
         f"{big.get('null', {}).get('n_permutations', 0)} permutations; ceilings exact).", "",
@@ -215,12 +215,13 @@ def main():
     parser.add_argument("--permutations", type=int, default=100)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    lines = ["## Scale: evaluation without C x C objects (`keras_hier.evaluate`, `hierarchical_inference`)", ""]
-    if "evaluate" in args.stage:
-        lines += evaluate_lines(bench_evaluate(args))
+    title = "## Scale: {} without C x C objects"
+    if "evaluate" in args.stage:  # each stage owns its section, so they can run (and be re-run) separately
+        lines = [title.format("`keras_hier.evaluate`"), ""] + evaluate_lines(bench_evaluate(args))
+        publish("scale_evaluate", lines, write=not args.no_write)
     if "inference" in args.stage:
-        lines += inference_lines(bench_inference(args))
-    publish("scale_eval", lines, write=not args.no_write)
+        lines = [title.format("`hierarchical_inference`"), ""] + inference_lines(bench_inference(args))
+        publish("scale_inference", lines, write=not args.no_write)
 
 
 if __name__ == "__main__":
