@@ -101,8 +101,8 @@ class DecoderTables:
     Args:
         hierarchy: the `keras_hier.Hierarchy`.
         dense_limit: membership-matrix entries up to which marginals are
-            matmuls on [batch, nodes] arrays; above it, segment sums on
-            [nodes, batch] arrays (the layout of `marginals`).
+            matmuls with 0/1 matrices; above it, segment sums (both on
+            [batch, nodes] arrays).
 
     Attributes (C classes, L = depth levels): `steps` (the reductions from
     the classes up to level 0), `chain_cols` int32 [C, L] (column of each
@@ -147,8 +147,7 @@ class DecoderTables:
 
         Returns:
             Dict: `bias` [1, C], `e_coef` (float), `leaf_weight` [1, C] and
-            `weights` (one per level above the classes, laid out for
-            `self.dense`), `spread` (dense: the transposed membership
+            `weights` ([1, n_l], one per level above the classes), `spread` (dense: the transposed membership
             matrices top-down) or `gathers` (segment: parent ids top-down).
         """
         check_distance_kind(cost, "cost")
@@ -175,11 +174,10 @@ class DecoderTables:
         negated = [(-w).astype(np.float32) for w in weights]
         terms = {"bias": (-bias).astype(np.float32)[None, :], "e_coef": e_coef,
                  "leaf_weight": negated[-1][self.ancestors[-1]][None, :]}
+        terms["weights"] = [w[None, :] for w in negated[:-1]]
         if self.dense:
-            terms["weights"] = [w[None, :] for w in negated[:-1]]
             terms["spread"] = [step.matrix().T.copy() for step in self.steps[::-1]]
         else:
-            terms["weights"] = [w[:, None] for w in negated[:-1]]
             terms["gathers"] = [step.ids for step in self.steps[::-1]]
         return terms
 
@@ -202,20 +200,19 @@ class _NumpyOps:
 
     float32 = staticmethod(lambda x: np.asarray(x, np.float32))
     matmul = staticmethod(np.matmul)
-    transpose = staticmethod(np.transpose)
     take = staticmethod(lambda table, ids: np.asarray(table)[ids])
+    take_columns = staticmethod(lambda x, ids: x[:, ids])
     take_rows = staticmethod(lambda x, ids: np.take_along_axis(x, ids, axis=1))
-    take_node_major = staticmethod(lambda x, ids: x[ids, np.arange(ids.shape[0])[:, None]])
     concat = staticmethod(lambda xs, axis: np.concatenate(xs, axis=axis))
     argmax = staticmethod(lambda x: np.argmax(x, axis=-1).astype(np.int32))
     minimum = staticmethod(np.minimum)
 
     @staticmethod
     def segment_sum(x, step):
-        """Rows of `x` summed per parent (`step`, a reduction with non-empty segments)."""
-        if not len(x[0:0].reshape(-1)) and x.shape[1:] and not x.shape[1]:
-            return np.zeros((step.num_segments,) + x.shape[1:], x.dtype)
-        return np.add.reduceat(x[step.order], step.starts, axis=0)
+        """Columns of `x` [B, rows] summed per parent: [B, num_segments] (segments are never empty)."""
+        if x.shape[0] == 0:
+            return np.zeros((0, step.num_segments), x.dtype)
+        return np.add.reduceat(x[:, step.order], step.starts, axis=1)
 
     @staticmethod
     def top_k(x, k):
@@ -242,12 +239,9 @@ NUMPY_OPS = _NumpyOps()
 
 # --------------------------------------------------------- the decoders (once)
 def marginals(p, tables, ops):
-    """[P_0, ..., P_{L-2}]: node marginals of the levels above the classes, summed bottom-up.
-
-    Batch-major [B, n_l] when `tables.dense`, else node-major [n_l, B].
-    """
+    """[P_0, ..., P_{L-2}]: node marginals [B, n_l] of the levels above the classes, summed bottom-up."""
     levels = []
-    current = p if tables.dense else ops.transpose(p)
+    current = p
     for step in tables.steps:
         current = ops.matmul(current, step.matrix()) if tables.dense else ops.segment_sum(current, step)
         levels.append(current)
@@ -267,20 +261,16 @@ def negated_cost(p, levels, tables, cost, ops):
         running = ops.matmul(running, terms["spread"][-1])
     else:
         for level in range(1, tables.depth - 1):
-            running = ops.take(running, terms["gathers"][level - 1]) + levels[level] * weights[level]
-        running = ops.transpose(ops.take(running, terms["gathers"][-1]))
+            running = ops.take_columns(running, terms["gathers"][level - 1]) + levels[level] * weights[level]
+        running = ops.take_columns(running, terms["gathers"][-1])
     return running + p * terms["leaf_weight"] + terms["bias"]
 
 
 def chain_scores(p, levels, class_ids, scores, tables, ops):
     """[B, L]: marginals of the chosen classes' ancestors, level 0 first (the class's own score last)."""
-    if tables.dense:
-        stacked = ops.concat(list(levels) + [p], axis=1)
-        return ops.take_rows(stacked, ops.take(tables.chain_cols, class_ids))
     if not levels:
         return scores[:, None]
-    upper = ops.concat(list(levels), axis=0)
-    above = ops.take_node_major(upper, ops.take(tables.chain_cols[:, :-1], class_ids))
+    above = ops.take_rows(ops.concat(list(levels), axis=1), ops.take(tables.chain_cols[:, :-1], class_ids))
     return ops.concat([above, scores[:, None]], axis=1)
 
 
@@ -376,8 +366,6 @@ def level_marginals(probabilities, hierarchy):
     p = _probabilities(probabilities, hierarchy, False, "level_marginals")
     tables = decoder_tables(hierarchy)
     levels = marginals(p, tables, NUMPY_OPS)
-    if not tables.dense:
-        levels = [m.T for m in levels]
     return [np.ascontiguousarray(m) for m in levels] + [p[:, tables.leaf_order]]
 
 
