@@ -310,3 +310,22 @@ def test_kill_at_every_step_of_a_backup_write(tmp_path, monkeypatch, step):
     for got, want in zip(_weights(restored), expected[epoch]):
         np.testing.assert_array_equal(got, want)
     assert checkpoints.finished_epochs(str(tmp_path)) == epoch
+
+
+def test_run_folders_of_the_previous_version_still_resume(tmp_path):
+    """Backups as `latest.weights.h5` + metadata without a file name, configs with ema/mds/dynamic."""
+    from keras_hier.recipes.configs import config_differences, get_config
+
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    old = _tiny_model(0)
+    old.save_weights(str(backup / "latest.weights.h5"))
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 4, "batch": 0}))
+    fresh = _tiny_model(3)
+    assert checkpoints.restore_backup(fresh, str(backup)) == 4
+    for got, want in zip(_weights(fresh), _weights(old)):
+        np.testing.assert_array_equal(got, want)
+    stored = {k: v for k, v in get_config("cpu_small").items() if k not in ("proxy_mode", "dynamic_scale")}
+    stored.update(ema=True, dynamic=False, mds=False)
+    assert config_differences(stored, get_config("cpu_small", proxy_mode="ema")) == []
+    assert config_differences(stored, get_config("cpu_small")) == [("proxy_mode", "ema", "learned")]
