@@ -231,6 +231,13 @@ def run_python(arguments, timeout=1800):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def load_line():
+    """The machine's load while the benchmark ran (other processes slow memory-bound losses more than CE)."""
+    one, five, fifteen = os.getloadavg()
+    return (f"Load average at the end of the run: {one:.1f} / {five:.1f} / {fifteen:.1f} (1 / 5 / 15 min) on "
+            f"{os.cpu_count()} cores.")
+
+
 def dense_section(args):
     import tempfile
 
@@ -283,6 +290,7 @@ def dense_section(args):
                   f"{ce['save_s']:.2f} s ({ce['size_mb']:.1f} MiB): {sim['first_s'] / ce['first_s']:.2f}x first, "
                   f"{sim['save_s'] / ce['save_s']:.2f}x later (the first save encodes the tree: "
                   "`Hierarchy.to_config`)."]
+    lines += ["", load_line()]
     publish("dense_simloss", lines, write=not args.no_write)
 
 
@@ -371,6 +379,7 @@ def factorised_section(args):
             lines.append(f"| {num_classes} | {r['depth']} / {r['nodes']} | {LABELS[name]} | {r['time_ms']:.2f} ms "
                          f"({r['median_ms']:.2f}) "
                          f"| {ratio} | {r['peak_mb']:.0f} MiB | {r['loss']:.4f} |")
+    lines += ["", load_line()]
     publish("losses", lines, write=not args.no_write)
 
 

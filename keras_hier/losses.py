@@ -336,7 +336,7 @@ def hxe_level_weights(hierarchy, alpha, weighting="depth"):
     Example:
     >>> from keras_hier import Hierarchy
     >>> h = Hierarchy.from_paths(["a/x", "a/y", "b"])
-    >>> hxe_level_weights(h, 0.0).round(3).tolist()  # 1 / (root + a, b + x, y)
+    >>> hxe_level_weights(h, 0.0).astype(float).round(3).tolist()  # 1 / (root + a, b + x, y)
     [[0.2, 0.2], [0.2, 0.2], [0.2, 0.0]]
     """
     if weighting not in HXE_WEIGHTINGS:

@@ -101,6 +101,7 @@ def tree_factors(hierarchy, rule="exp", beta=1.0, distance="path"):
     Example:
 
     >>> from keras_hier import Hierarchy
+    >>> from keras_hier.similarity import tree_similarity
     >>> h = Hierarchy.from_paths(["a/x", "a/y", "b"])
     >>> f = tree_factors(h, "exp", beta=1.0)
     >>> bool(np.allclose(f.dense(h), tree_similarity(h, "exp", 1.0)))
