@@ -589,7 +589,10 @@ class HierarchicalCrossEntropy(_HierLoss):
     - `"depth"` (default, the authors' code that produced the published
       tables): lambda(C) = exp(-alpha * depth(C)) / Z, depth = edges from
       the root, Z = the sum of exp(-alpha * depth) over every node of the
-      tree, root included. A larger alpha stresses the coarse levels.
+      tree, root included. A larger alpha stresses the coarse levels. The
+      weights sum to 1 over the whole tree, so the loss is about 1 / (nodes
+      on a path) of cross-entropy's size (0.005 for a 1 000-class tree of
+      depth 10): harmless with Adam, scale the learning rate with SGD.
     - `"height"` (the formula as printed in the paper): lambda(C) =
       exp(-alpha * height(C)), unnormalised; alpha = 0 is plain CE.
 
