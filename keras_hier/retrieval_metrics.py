@@ -34,7 +34,7 @@ def hs_similarity(t, beta=1.0, form="chordal"):
     Example:
 
     >>> round(float(hs_similarity(2.0)), 6)
-    0.111111
+    0.555556
     """
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta!r}")
