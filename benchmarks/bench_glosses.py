@@ -222,7 +222,9 @@ def report_lines(runs, build, args, wall_minutes):
         f"Dense 128 -> head; CE, Adam lr {args.lr}, batch {args.batch_size}, {args.epochs} epochs, best epoch "
         f"by validation accuracy; scale 10. Runs finished: {finished} of the {requested} requested "
         f"(seeds {seeds_done}{'; the time budget of ' + str(args.budget_minutes) + ' min stopped the rest' if finished < requested else ''}); "
-        f"wall clock {wall_minutes:.1f} min on 2 cores shared with other work (run under nice 10).",
+        f"wall clock {wall_minutes:.1f} min on 2 cores shared with other work (run under nice 10). "
+        f"Grid: `.venv/bin/python benchmarks/bench_glosses.py --budget-minutes {args.budget_minutes:g}` "
+        f"(runs stored in `{args.out}/`; re-running continues it, `--table-only` re-renders this section).",
         "",
         "Test split, mean ± std over seeds (distance: path edges; ρ = Spearman of the representatives' "
         "distances with the tree, W = proxies / Softmax weight rows, proto = class means of training embeddings):",
@@ -286,6 +288,17 @@ def verdict(rows, tests, runs, ceiling):
              f"Mildest top-5 (lowest AHD@5): {low_ahd} ({mean(low_ahd, 'ahd_at_5'):.3f}); lowest mistake severity: "
              f"{low_severity} ({severity(low_severity):.3f}); best AHS@250: {best['ahs_250']} "
              f"({mean(best['ahs_250'], 'ahs_250'):.4f})."]
+    null_level = [c for c in cells if any(_lookup(r["results"], "inference", "W", "null", "spearman_classwise", "p_value")
+                                          > 0.05 for r in runs[c].values())]
+    if null_level:
+        parts.append(f"Proxies no more tree-like than the permutation null (p > 0.05 in some seed): {', '.join(null_level)}.")
+    if len(cells) > 2:
+        from scipy import stats
+
+        order = stats.spearmanr([mean(c, "accuracy") for c in cells], rhos)[0]
+        parts.append(f"Across configurations, accuracy and ρ_cls W have Spearman {order:+.2f}"
+                     + (": the more accurate heads learned the less tree-like geometry." if order <= -0.7 else
+                        f" (a weak relation over {len(cells)} configurations)." if abs(order) < 0.7 else "."))
     for option, result in tests.items():
         diff, p = result["W_classwise"]
         acc, pa = result["accuracy"]
