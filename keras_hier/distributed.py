@@ -51,7 +51,7 @@ import tempfile
 __all__ = [
     "cluster_config", "num_workers", "task_index", "is_chief", "strategy_from_environment",
     "chief_only_path", "chief_only", "cleanup_worker_paths", "shard_dataset", "backup_and_restore",
-    "data_parallel", "reduction_bytes", "WORKER_TASK_TYPES",
+    "data_parallel", "reduction_bytes", "fix_keras_multi_worker", "WORKER_TASK_TYPES",
 ]
 
 #: Task types that train (TensorFlow's `"chief"` is a worker with the chief role).
@@ -206,7 +206,7 @@ def strategy_from_environment(devices=None, communication="auto", timeout_second
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=implementations[communication], timeout_seconds=timeout_seconds)
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-        _patch_keras_multi_worker_build()
+        fix_keras_multi_worker()
         return strategy
     if devices is None:
         gpus = tf.config.list_logical_devices("GPU")
@@ -237,7 +237,7 @@ def _is_multi_worker(strategy):
     return bool(getattr(extended, "_in_multi_worker_mode", lambda: False)())
 
 
-def _patch_keras_multi_worker_build():
+def fix_keras_multi_worker():
     """Lets Keras 3's `fit` run under `MultiWorkerMirroredStrategy`.
 
     Keras 3 (3.15 included; keras-team/keras#20585, tensorflow#72388) has two
@@ -253,6 +253,9 @@ def _patch_keras_multi_worker_build():
       which fails on scalar logs ("Invalid reduction dimension 0"); they are
       averaged over all replicas with `axis=None` instead (every worker then
       logs the same, global, values).
+
+    `strategy_from_environment` calls it; call it yourself when you create
+    a `MultiWorkerMirroredStrategy` another way. Calling it again is a no-op.
     """
     try:
         from keras.src.backend.tensorflow import trainer as tf_trainer

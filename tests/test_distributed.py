@@ -305,6 +305,21 @@ def test_reduction_bytes_counts_the_heads_payload():
     assert distributed.reduction_bytes(dense, 32)["heads"] == 0
 
 
+def test_keras_fix_is_idempotent_and_leaves_one_process_fit_alone():
+    import keras
+    from keras.src.backend.tensorflow import trainer
+
+    distributed.fix_keras_multi_worker()
+    patched = trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica
+    distributed.fix_keras_multi_worker()
+    assert (trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica) == patched
+    assert patched[0].keras_hier_patched
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    history = model.fit(np.ones((8, 3), "float32"), np.zeros((8, 2), "float32"), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
 def test_backup_and_restore_resumes_in_one_process(tmp_path):
     import keras
 
