@@ -26,7 +26,6 @@ export once they are older than `STALE_SECONDS`.
 """
 
 import dataclasses
-import datetime
 import errno
 import os
 import re
@@ -37,16 +36,14 @@ import time
 import numpy as np
 
 from keras_hier import decoding, files
+from keras_hier.export_card import BYTES_INPUT, SIGNATURE_BYTES, SIGNATURE_DEFAULT, model_card, output_names, readme
 from keras_hier.outputs import resolve_from_logits
-from keras_hier.serving_graph import serving_decoder
+from keras_hier.serving_graph import decode_images, serving_decoder
 
 __all__ = ["export_saved_model", "output_names", "existing_versions", "SIGNATURE_DEFAULT", "SIGNATURE_BYTES",
            "MAX_IMAGE_PIXELS", "MAX_VERSION", "STALE_SECONDS"]
 
-SIGNATURE_DEFAULT = "serving_default"
-SIGNATURE_BYTES = "serving_bytes"
 IMAGES_INPUT = "images"
-BYTES_INPUT = "image_bytes"
 #: Default limit on width x height of an image sent to `serving_bytes` (checked before decoding).
 MAX_IMAGE_PIXELS = 4096 * 4096
 #: TF-Serving parses version folders as int64.
@@ -56,37 +53,6 @@ STALE_SECONDS = 600
 _STAGING_PREFIX = ".staging-"
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 _IMAGE_DTYPES = _FLOAT_DTYPES + ("uint8",)
-
-
-def output_names(hierarchy, top_k=5, backoff_threshold=None):
-    """Names of the outputs of an exported signature, in a stable order.
-
-    Args:
-        hierarchy: the `keras_hier.Hierarchy`.
-        top_k: the export's `top_k` (None: no top-k outputs).
-        backoff_threshold: the export's threshold (None: no back-off outputs).
-
-    Returns:
-        List of str: `classes`, `class_ids`, `scores`, [`top_k_ids`,
-        `top_k_scores`, `top_k_classes`], `level_<l>_ids`, `level_<l>_names`,
-        `level_<l>_scores` for every level, [`prediction`, `prediction_level`,
-        `prediction_score`].
-
-    Example:
-
-    >>> from keras_hier import Hierarchy
-    >>> output_names(Hierarchy.from_paths(["a/x", "b/y"]), top_k=None)
-    ['classes', 'class_ids', 'scores', 'level_0_ids', 'level_0_names', 'level_0_scores', 'level_1_ids', \
-'level_1_names', 'level_1_scores']
-    """
-    names = ["classes", "class_ids", "scores"]
-    if top_k:
-        names += ["top_k_ids", "top_k_scores", "top_k_classes"]
-    for level in range(hierarchy.depth):
-        names += [f"level_{level}_ids", f"level_{level}_names", f"level_{level}_scores"]
-    if backoff_threshold is not None:
-        names += ["prediction", "prediction_level", "prediction_score"]
-    return names
 
 
 def existing_versions(export_base):
@@ -244,7 +210,10 @@ def _signature_functions(model, hierarchy, options):
     functions = {SIGNATURE_DEFAULT: (lambda *tensors: outputs(tensors), specs)}
     if options.image:
         def from_bytes(image_bytes):
-            return decode(_scores(model, [_decode_images(image_bytes, options)], hierarchy))
+            images = decode_images(image_bytes, options.image_size, options.inputs[0].shape[-1],
+                                   max_image_pixels=options.max_image_pixels, pixel_scale=options.pixel_scale,
+                                   dtype=options.model_dtype, input_name=BYTES_INPUT)
+            return decode(_scores(model, [images], hierarchy))
 
         functions[SIGNATURE_BYTES] = (from_bytes, [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
     return functions
@@ -281,61 +250,6 @@ def _to_model_dtype(images, options):
     if images.dtype == tf.uint8 and options.model_dtype != "uint8":
         images = tf.cast(images, tf.float32) * options.pixel_scale
     return tf.cast(images, options.model_dtype)
-
-
-def _image_header_pixels(data):
-    """width * height from a PNG / GIF / BMP / JPEG header (int64; -1: not one of these formats)."""
-    import tensorflow as tf
-
-    padded = tf.strings.join([data, tf.constant(b"\0" * 32)])
-
-    def unsigned(pos, size, big_endian):
-        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, pos, size), tf.uint8), tf.int64)
-        weights = tf.constant([256 ** (size - 1 - k) if big_endian else 256 ** k for k in range(size)], tf.int64)
-        return tf.reduce_sum(raw * weights)
-
-    def signed32(pos):
-        value = unsigned(pos, 4, False)
-        return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
-
-    magic = tf.strings.substr(padded, 0, 8)
-    is_png = tf.equal(magic, b"\x89PNG\r\n\x1a\n")
-    is_gif = tf.equal(tf.strings.substr(padded, 0, 3), b"GIF")
-    is_bmp = tf.equal(tf.strings.substr(padded, 0, 2), b"BM")
-    is_jpeg = tf.equal(tf.strings.substr(padded, 0, 2), b"\xff\xd8")
-    return tf.case([
-        (is_png, lambda: unsigned(16, 4, True) * unsigned(20, 4, True)),
-        (is_gif, lambda: unsigned(6, 2, False) * unsigned(8, 2, False)),
-        (is_bmp, lambda: signed32(18) * signed32(22)),
-        (is_jpeg, lambda: tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)))],
-        default=lambda: tf.constant(-1, tf.int64), exclusive=False)
-
-
-def _decode_images(image_bytes, options):
-    """Encoded images -> [B, height, width, channels] in the model's dtype; errors name the image index."""
-    import tensorflow as tf
-
-    height, width = options.image_size
-    channels = options.inputs[0].shape[-1]
-    limit = options.max_image_pixels
-
-    def decode_one(args):
-        index, data = args
-        pixels = _image_header_pixels(data)
-        checks = [tf.debugging.Assert(pixels >= 0, [BYTES_INPUT, index, "is not a JPEG, PNG, GIF or BMP image"]),
-                  tf.debugging.Assert(pixels <= limit, [BYTES_INPUT, index, "has", pixels,
-                                                        "pixels, above the limit of", limit, "(max_image_pixels)"])]
-        with tf.control_dependencies(checks):
-            image = tf.io.decode_image(data, channels=channels, expand_animations=False, dtype=tf.uint8)
-        image = tf.image.resize(image, (height, width), method="bilinear")
-        return tf.ensure_shape(image, (height, width, channels))  # float32 in 0..255
-
-    indices = tf.range(tf.shape(image_bytes)[0])
-    pixels = tf.map_fn(decode_one, (indices, image_bytes),
-                       fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32))
-    if options.model_dtype == "uint8":
-        return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
-    return tf.cast(pixels * options.pixel_scale, options.model_dtype)
 
 
 def _archive(model, hierarchy, options):
@@ -506,7 +420,7 @@ def export_saved_model(model, hierarchy, export_base, version=None, decoder="arg
         def write_metadata(target_version):
             card = _model_card(model, hierarchy, options, target_version, card_extra)
             files.atomic_write_json(os.path.join(staging, "assets", "model_card.json"), card, indent=1)
-            files.atomic_write_text(os.path.join(staging, "README.md"), _readme(hierarchy, card))
+            files.atomic_write_text(os.path.join(staging, "README.md"), readme(hierarchy, card))
             files.make_readable(staging)
 
         return _claim(staging, export_base, version, write_metadata)
@@ -540,77 +454,7 @@ def _signature_card(options):
 
 
 def _model_card(model, hierarchy, options, version, extra):
-    import keras_hier
-
-    levels = [{"level": level, "num_nodes": hierarchy.num_nodes(level), "names": hierarchy.level_names(level)}
-              for level in range(hierarchy.depth)]
-    card = {
-        "format": "keras_hier.model_card/1",
-        "model_name": model.name,
-        "version": version,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "keras_hier_version": keras_hier.__version__,
-        "num_classes": hierarchy.num_classes,
-        "classes": list(hierarchy.classes),
-        "depth": hierarchy.depth,
-        "levels": levels,
-        "decoder": options.decoder,
-        "cost": options.cost if options.decoder == "expected_cost" else None,
-        "backoff_threshold": options.backoff_threshold,
-        "root_name": decoding.ROOT_NAME,
-        "top_k": options.top_k,
-        "from_logits": options.from_logits,
-        "signatures": _signature_card(options),
-        "pixel_scale": options.pixel_scale if options.image else None,
-        "outputs": output_names(hierarchy, options.top_k, options.backoff_threshold),
-        "training": None,
-        "metrics": None,
-    }
-    card.update(extra)
-    return card
-
-
-_OUTPUT_DOCS = {
-    "classes": "string [B]: name of the predicted class",
-    "class_ids": "int32 [B]: id of the predicted class (position in `classes` of model_card.json)",
-    "scores": "float32 [B]: probability of the predicted class",
-    "top_k_ids": "int32 [B, k]: the k best classes (ranked by the decoder)",
-    "top_k_scores": "float32 [B, k]: their probabilities",
-    "top_k_classes": "string [B, k]: their names",
-    "prediction": "string [B]: back-off answer, the deepest node of the predicted chain whose probability "
-                  "reaches the threshold (`<root>` when none does)",
-    "prediction_level": "int32 [B]: level of `prediction` (-1 = root)",
-    "prediction_score": "float32 [B]: probability of `prediction` (1 for the root)",
-}
-
-
-def _output_doc(name, hierarchy):
-    match = re.fullmatch(r"level_(\d+)_(ids|names|scores)", name)
-    if not match:
-        return _OUTPUT_DOCS[name]
-    level, kind = int(match.group(1)), match.group(2)
-    what = {"ids": "int32 [B]: node id", "names": "string [B]: node name",
-            "scores": "float32 [B]: probability (sum over the classes below)"}[kind]
-    return f"{what} of the predicted class's ancestor at level {level} ({hierarchy.num_nodes(level)} nodes)"
-
-
-def _readme(hierarchy, card):
-    extras = (f" (cost `{card['cost']}`)" if card["cost"] else "") + (
-        f", back-off threshold {card['backoff_threshold']}" if card["backoff_threshold"] is not None else "")
-    lines = [f"# {card['model_name']}, version {card['version']}", "",
-             f"Exported by keras_hier {card['keras_hier_version']} on {card['created']}. "
-             f"{hierarchy.num_classes} classes, {hierarchy.depth} levels; decoder `{card['decoder']}`{extras}; "
-             f"model outputs {'logits' if card['from_logits'] else 'probabilities'}.", "", "## Signatures", ""]
-    for signature, spec in card["signatures"].items():
-        inputs = ", ".join(f"`{name}` {s['dtype']} {s['shape']}" for name, s in spec["inputs"].items())
-        lines.append(f"- `{signature}`: {inputs}")
-        if signature == SIGNATURE_BYTES:
-            bytes_spec = spec["inputs"][BYTES_INPUT]
-            lines[-1] += (f": encoded JPEG/PNG/BMP/GIF (REST: `{{\"b64\": ...}}`), at most "
-                          f"{bytes_spec['max_image_pixels']} pixels, resized to {bytes_spec['image_size']} "
-                          f"and scaled by {card['pixel_scale']:.6g}")
-    lines += ["", "## Outputs (every signature)", ""]
-    lines += [f"- `{name}`: {_output_doc(name, hierarchy)}" for name in card["outputs"]]
-    lines += ["", "Node names per level and the class list are in `assets/model_card.json`; the hierarchy "
-              "(`keras_hier.Hierarchy.from_dict`) in `assets/hierarchy.json`.", ""]
-    return "\n".join(lines)
+    return model_card(model.name, hierarchy, version=version, decoder=options.decoder, cost=options.cost,
+                      backoff_threshold=options.backoff_threshold, top_k=options.top_k,
+                      from_logits=options.from_logits, signatures=_signature_card(options),
+                      pixel_scale=options.pixel_scale if options.image else None, extra=extra)

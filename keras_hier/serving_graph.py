@@ -1,4 +1,4 @@
-"""The decoders of `keras_hier.decoding` as TensorFlow ops, for the exported SavedModel.
+"""The TensorFlow graph of an exported SavedModel: the decoders as TF ops, and image-bytes decoding.
 
 `keras_hier.decoding` writes every decoder once, over a few array
 primitives; this module gives those primitives in TensorFlow
@@ -8,12 +8,15 @@ call: probabilities -> the signature's outputs (names included). Serving is
 latency-bound (per-op overhead dominates at batch 1), so the primitives are
 the cheapest TF forms: `tf.gather(..., batch_dims=1)`, 0/1 membership
 matmuls for small trees and segment sums for large ones, and a blocked top-k
-for wide rows.
+for wide rows. `decode_images` turns the `serving_bytes` strings into model
+inputs, refusing (by batch index) images that are not JPEG/PNG/GIF/BMP or
+are larger than a pixel limit, read from the header before decoding.
 """
 
 from keras_hier import decoding
 
-__all__ = ["TENSORFLOW_OPS", "serving_decoder", "blocked_top_k", "TOPK_MIN_CLASSES"]
+__all__ = ["TENSORFLOW_OPS", "serving_decoder", "blocked_top_k", "TOPK_MIN_CLASSES", "decode_images",
+           "image_header_pixels"]
 
 #: From this many classes top-k is blocked (tf.math.top_k is slow on wide rows).
 TOPK_MIN_CLASSES = 1024
@@ -174,3 +177,74 @@ def serving_decoder(hierarchy, *, decoder="argmax", cost="path", backoff_thresho
         return _flatten(out, tables.depth)
 
     return decode
+
+
+# ------------------------------------------------------------- image bytes
+def image_header_pixels(data):
+    """width * height read from a PNG / GIF / BMP / JPEG header, without decoding (int64; -1: another format)."""
+    import tensorflow as tf
+
+    padded = tf.strings.join([data, tf.constant(b"\0" * 32)])
+
+    def unsigned(pos, size, big_endian):
+        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, pos, size), tf.uint8), tf.int64)
+        weights = tf.constant([256 ** (size - 1 - k) if big_endian else 256 ** k for k in range(size)], tf.int64)
+        return tf.reduce_sum(raw * weights)
+
+    def signed32(pos):
+        value = unsigned(pos, 4, False)
+        return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
+
+    magic = tf.strings.substr(padded, 0, 8)
+    is_png = tf.equal(magic, b"\x89PNG\r\n\x1a\n")
+    is_gif = tf.equal(tf.strings.substr(padded, 0, 3), b"GIF")
+    is_bmp = tf.equal(tf.strings.substr(padded, 0, 2), b"BM")
+    is_jpeg = tf.equal(tf.strings.substr(padded, 0, 2), b"\xff\xd8")
+    return tf.case([
+        (is_png, lambda: unsigned(16, 4, True) * unsigned(20, 4, True)),
+        (is_gif, lambda: unsigned(6, 2, False) * unsigned(8, 2, False)),
+        (is_bmp, lambda: signed32(18) * signed32(22)),
+        (is_jpeg, lambda: tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)))],
+        default=lambda: tf.constant(-1, tf.int64), exclusive=False)
+
+
+def decode_images(image_bytes, image_size, channels, *, max_image_pixels, pixel_scale=1.0 / 255.0,
+                  dtype="float32", input_name="image_bytes"):
+    """Encoded images [B] -> [B, height, width, channels] of `dtype`, inside the graph.
+
+    Each image's size is read from its header first (`image_header_pixels`);
+    an image that is not a JPEG/PNG/GIF/BMP or has more than
+    `max_image_pixels` pixels fails the call with an InvalidArgument naming
+    its index in the batch. Images are decoded to `channels`, resized
+    (bilinear) to `image_size` and, for a float `dtype`, multiplied by
+    `pixel_scale`; uint8 pixels are rounded back to uint8.
+
+    Example:
+
+    >>> import numpy as np, tensorflow as tf
+    >>> png = tf.io.encode_png(np.zeros((5, 4, 3), np.uint8))
+    >>> decode_images(tf.stack([png]), (2, 2), 1, max_image_pixels=100).shape.as_list()
+    [1, 2, 2, 1]
+    """
+    import tensorflow as tf
+
+    height, width = image_size
+    limit = max_image_pixels
+
+    def decode_one(args):
+        index, data = args
+        pixels = image_header_pixels(data)
+        checks = [tf.debugging.Assert(pixels >= 0, [input_name, index, "is not a JPEG, PNG, GIF or BMP image"]),
+                  tf.debugging.Assert(pixels <= limit, [input_name, index, "has", pixels,
+                                                        "pixels, above the limit of", limit, "(max_image_pixels)"])]
+        with tf.control_dependencies(checks):
+            image = tf.io.decode_image(data, channels=channels, expand_animations=False, dtype=tf.uint8)
+        image = tf.image.resize(image, (height, width), method="bilinear")
+        return tf.ensure_shape(image, (height, width, channels))  # float32 in 0..255
+
+    indices = tf.range(tf.shape(image_bytes)[0])
+    pixels = tf.map_fn(decode_one, (indices, image_bytes),
+                       fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32))
+    if dtype == "uint8":
+        return tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
+    return tf.cast(pixels * pixel_scale, dtype)
