@@ -51,7 +51,7 @@ import tempfile
 __all__ = [
     "cluster_config", "num_workers", "task_index", "is_chief", "strategy_from_environment",
     "chief_only_path", "chief_only", "cleanup_worker_paths", "shard_dataset", "backup_and_restore",
-    "data_parallel", "reduction_bytes", "fix_keras_multi_worker", "WORKER_TASK_TYPES",
+    "barrier", "data_parallel", "reduction_bytes", "fix_keras_multi_worker", "WORKER_TASK_TYPES",
 ]
 
 #: Task types that train (TensorFlow's `"chief"` is a worker with the chief role).
@@ -348,6 +348,34 @@ def chief_only(path, environ=None):
             shutil.rmtree(os.path.dirname(target), ignore_errors=True)
             if os.path.dirname(target) in _WORKER_TMP_DIRS:
                 _WORKER_TMP_DIRS.remove(os.path.dirname(target))
+
+
+def barrier(strategy=None):
+    """Returns once every worker has called it (one tiny all-reduce); a no-op on one machine.
+
+    Use it before a worker reads a file the chief writes at the end of a
+    step every worker runs, e.g. the best checkpoint of the last epoch after
+    `fit`: a worker may leave `fit` while the chief is still writing it.
+
+    Args:
+        strategy: the training strategy (`model.distribute_strategy`);
+            default: the strategy of the current scope.
+
+    Returns:
+        The number of replicas that took part (1 on one machine).
+
+    Example:
+
+    >>> barrier()
+    1
+    """
+    import tensorflow as tf
+
+    strategy = strategy or tf.distribute.get_strategy()
+    if not _is_multi_worker(strategy):
+        return 1
+    ones = strategy.run(lambda: tf.constant(1.0))
+    return int(strategy.reduce("SUM", ones, axis=None))
 
 
 # ---------------------------------------------------------------------- data

@@ -18,6 +18,7 @@ devices and writes both.
 """
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -149,7 +150,7 @@ class _KillOnce:
 def fault(args, strategy):
     import keras
 
-    from keras_hier.distributed import backup_and_restore, chief_only_path, task_index
+    from keras_hier.distributed import backup_and_restore, barrier, chief_only_path, task_index
 
     x, y = make_data(args.steps * args.global_batch)
     with strategy.scope():
@@ -161,15 +162,19 @@ def fault(args, strategy):
         callbacks.append(_KillOnce.make(epoch, batch, os.path.join(args.out, "killed")))
     model.fit(dataset(x, y, args.global_batch), epochs=args.epochs, verbose=0, shuffle=False,
               callbacks=callbacks)
+    replicas = barrier(model.distribute_strategy)  # the chief has written its last backup
+    with open(os.path.join(args.out, "backup", "training_metadata.json")) as f:
+        seen = json.load(f)["epoch"]
+    print(f"[worker] barrier of {replicas} replicas; the chief's backup holds {seen} epochs", flush=True)
     np.savez(os.path.join(args.out, f"final_{task_index()}.npz"), **weights_of(model))
+    with open(os.path.join(args.out, f"after_barrier_{task_index()}.json"), "w") as f:
+        json.dump({"replicas": replicas, "backup_epochs": seen}, f)
 
 
 def jax_equivalence(args):
     """Each head on one device, then under DataParallel over all devices; writes
     `<head>_single.npz`, `<head>_parallel.npz` and `jax.json` (devices, the batch
     layout, heads the backend refused)."""
-    import json
-
     import keras
 
     from keras_hier.distributed import data_parallel

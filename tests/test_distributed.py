@@ -188,7 +188,11 @@ def test_killed_worker_resumes_without_losing_an_epoch(tmp_path):
     assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"], lines  # ... and no epoch lost or repeated
     metadata = json.loads((out / "backup" / "training_metadata.json").read_text())
     assert metadata["epoch"] == 3 and (out / "backup" / metadata["weights"]).exists()
-    assert sorted(p.name for p in out.iterdir()) == ["backup", "final_0.npz", "final_1.npz", "history.csv", "killed"]
+    assert sorted(p.name for p in out.iterdir()) == ["after_barrier_0.json", "after_barrier_1.json", "backup",
+                                                     "final_0.npz", "final_1.npz", "history.csv", "killed"]
+    for index in (0, 1):  # after `barrier`, worker 1 too sees the chief's last backup
+        assert json.loads((out / f"after_barrier_{index}.json").read_text()) == {"replicas": 2, "backup_epochs": 3}
+    assert json.loads((tmp_path / "reference" / "after_barrier_0.json").read_text())["replicas"] == 1
     final0, final1 = _load(out / "final_0.npz"), _load(out / "final_1.npz")
     for key in final0:
         np.testing.assert_array_equal(final0[key], final1[key], err_msg=key)
