@@ -13,13 +13,15 @@ Keras, JAX, torch, ...) but not at the editable checkout (`.pth` files in
 that folder are not processed, so the editable finder stays off), then
 `pip --python <venv> install --no-deps --no-index` the wheel. The script
 runs from a temporary folder and asserts that `keras_hier` comes from the
-venv.
+venv. The three backends run concurrently (about a minute of wall time on
+two idle cores).
 
 Parts owned elsewhere (`keras_hier.evaluate`, `export_saved_model`) are
 recorded, not fatal, in the script; their tests xfail with the error when
 they fail on a backend, so the report names what does not work where.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -129,28 +131,36 @@ def user_venv(tmp_path_factory):
     return build_user_venv(tmp_path_factory.mktemp("wheel"))
 
 
-_RESULTS = {}
-
-
-def run_user(user_venv, backend, tmp_path_factory):
-    """The user script's status dict on `backend` (run once per backend; a failure is kept and re-raised)."""
-    if backend == "torch":
-        pytest.importorskip("torch")
-    if backend not in _RESULTS:
-        python, purelib = user_venv
+@pytest.fixture(scope="module")
+def user_runs(user_venv, tmp_path_factory):
+    """{backend: status dict or {"error": text}}: the user script on every backend, run concurrently."""
+    python, purelib = user_venv
+    running = {}
+    for backend in BACKENDS:
+        if backend == "torch" and importlib.util.find_spec("torch") is None:
+            continue
         work = tmp_path_factory.mktemp(f"user_{backend}")
         (work / "readme.json").write_text(json.dumps(readme_lines(str(work / "serving"))))
         (work / "user.py").write_text(USER_SCRIPT)
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         env.update(KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
-        done = subprocess.run([str(python), "user.py"], capture_output=True, text=True, cwd=str(work), env=env,
-                              timeout=900)
-        if done.returncode:
-            _RESULTS[backend] = {"error": f"{backend}: {done.stdout[-2000:]}\n{done.stderr[-4000:]}"}
+        running[backend] = subprocess.Popen([str(python), "user.py"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            text=True, cwd=str(work), env=env)
+    results = {}
+    for backend, process in running.items():
+        stdout, stderr = process.communicate(timeout=900)
+        if process.returncode:
+            results[backend] = {"error": f"{backend}: {stdout[-2000:]}\n{stderr[-4000:]}"}
         else:
-            _RESULTS[backend] = json.loads(done.stdout.split("STATUS", 1)[1])
-            _RESULTS[backend]["purelib"] = purelib
-    status = _RESULTS[backend]
+            results[backend] = dict(json.loads(stdout.split("STATUS", 1)[1]), purelib=purelib)
+    return results
+
+
+def run_user(user_runs, backend):
+    """The user script's status on `backend`; a failure fails (or xfails when known and owned elsewhere)."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+    status = user_runs[backend]
     if "error" in status:
         known = KNOWN_FAILURES.get(backend)
         if known and known[0] in status["error"]:
@@ -167,8 +177,8 @@ KNOWN_FAILURES = {
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_readme_save_load_and_sequential_from_the_installed_wheel(user_venv, backend, tmp_path_factory):
-    status = run_user(user_venv, backend, tmp_path_factory)
+def test_readme_save_load_and_sequential_from_the_installed_wheel(user_runs, backend):
+    status = run_user(user_runs, backend)
     assert status["backend"] == backend
     assert status["origin"].startswith(status["purelib"]) and not status["origin"].startswith(ROOT)
     assert status["readme"] == "ok"
@@ -179,8 +189,8 @@ def test_readme_save_load_and_sequential_from_the_installed_wheel(user_venv, bac
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("part", ["readme_evaluate", "evaluate_sequential", "readme_export"])
-def test_evaluate_and_export_from_the_installed_wheel(user_venv, backend, part, tmp_path_factory):
-    status = run_user(user_venv, backend, tmp_path_factory)
+def test_evaluate_and_export_from_the_installed_wheel(user_runs, backend, part):
+    status = run_user(user_runs, backend)
     if status.get(part) != "ok":
         pytest.xfail(f"{part} on {backend} (owned by the evaluation / export helpers): {status.get(part)}")
     if part == "readme_export":
