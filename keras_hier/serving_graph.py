@@ -130,10 +130,12 @@ def _flatten(out, depth):
     if "top_k_ids" in out:
         result.update(top_k_ids=out["top_k_ids"], top_k_scores=out["top_k_scores"],
                       top_k_classes=out["top_k_classes"])
-    for level in range(depth):
-        result[f"level_{level}_ids"] = out["level_ids"][:, level]
-        result[f"level_{level}_names"] = out["level_names"][:, level]
-        result[f"level_{level}_scores"] = out["level_scores"][:, level]
+    import tensorflow as tf
+
+    columns = {kind: tf.unstack(out[f"level_{kind}"], num=depth, axis=1) for kind in ("ids", "names", "scores")}
+    for level in range(depth):  # one Unpack op per kind (not one slice per level: batch-1 latency)
+        for kind, values in columns.items():
+            result[f"level_{level}_{kind}"] = values[level]
     if "prediction" in out:
         result.update(prediction=out["prediction"], prediction_level=out["prediction_level"],
                       prediction_score=out["prediction_score"])
