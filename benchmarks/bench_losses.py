@@ -10,7 +10,7 @@ float32 logits [256, C], and measures
   `timeit` convention: the least disturbed by other processes), with
   `--threads` TensorFlow threads (default 1: steadier on a shared machine);
 - peak memory (one fresh process per C and loss): peak resident set size
-  (`ru_maxrss`) after two calls minus the resident size just before the loss
+  (`VmHWM`) after two calls minus the resident size just before the loss
   object is built (so the dense S, its distance matrices and the traced
   graph all count).
 
@@ -62,6 +62,16 @@ def rss_mb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def peak_rss_mb():
+    """Peak resident set size of this process image (`VmHWM`; unlike `ru_maxrss` it is not inherited from the
+    parent across fork + exec, which would report the parent's peak)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def build(tree, loss_name):
     import keras
 
@@ -81,7 +91,6 @@ def build(tree, loss_name):
 def worker(num_classes, names, batch, repeats, threads, measure):
     """measure="time": all `names` interleaved in rounds (best call per loss);
     "memory": one loss, peak RSS growth from building it to two calls."""
-    import resource
 
     import numpy as np
     import tensorflow as tf
@@ -111,8 +120,7 @@ def worker(num_classes, names, batch, repeats, threads, measure):
         for _ in range(2):
             value, grad = step(logits)
     if measure == "memory":
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return dict(peak_mb=peak - base, loss=float(value), finite=bool(np.all(np.isfinite(grad.numpy()))),
+        return dict(peak_mb=peak_rss_mb() - base, loss=float(value), finite=bool(np.all(np.isfinite(grad.numpy()))),
                     depth=tree.depth, nodes=tree.num_node_ids)
     times = {name: [] for name in names}
     for _ in range(repeats):
@@ -160,7 +168,6 @@ def dense_step(impl, similarity_path, labels):
 
 def dense_worker(num_classes, impls, batch, repeats, threads, similarity_path, measure):
     """measure="first": one impl, build + first call time and peak RSS growth; "time": impls interleaved."""
-    import resource
 
     import numpy as np
     import tensorflow as tf
@@ -181,8 +188,7 @@ def dense_worker(num_classes, impls, batch, repeats, threads, similarity_path, m
         value, grad = step(logits)
         grad.numpy()
         first = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return dict(first_s=first, peak_mb=peak - base, loss=float(value))
+        return dict(first_s=first, peak_mb=peak_rss_mb() - base, loss=float(value))
     steps = {impl: dense_step(impl, similarity_path, labels)[0] for impl in impls}
     for step in steps.values():
         step(logits)
@@ -361,7 +367,7 @@ def factorised_section(args):
         "computing the mean loss and its gradient w.r.t. the logits, "
         f"{args.threads or 'default'} TensorFlow thread(s); all losses of one C run in one process, interleaved "
         f"call by call; time = best of {args.repeats} calls after warm-up (median in brackets). "
-        "Peak = peak resident set size (`ru_maxrss`) of a fresh process per configuration (two calls) minus its "
+        "Peak = peak resident set size (`VmHWM`) of a fresh process per configuration (two calls) minus its "
         "size just before the loss is built (includes the dense S and the distance matrices it is built from, and the traced "
         "graph). Ratio = time / cross-entropy time.",
         "",

@@ -58,6 +58,7 @@ __all__ = ["SimLoss", "HierarchicalCrossEntropy", "SoftLabelCrossEntropy", "CORR
 HXE_WEIGHTINGS = ("depth", "height")
 
 _TINY = 1e-30
+_CUSTOM_TARGET_WIDTH = 10_000  # classes from which the target logit's gradient is added in place (`_with_target`)
 _LOG_ZERO = -1e30  # log 0 for entries S = 0: exp(z + _LOG_ZERO - max) is exactly 0 in float32
 
 
@@ -78,8 +79,9 @@ def _with_target(z, labels):
     gradients into the upstream gradient of `z` (`tensor_scatter_nd_add`: at
     most one copy); other backends use the plain gather.
     """
-    if keras.backend.backend() != "tensorflow":
-        return z, _target_logit(z, labels)
+    width = z.shape[-1]
+    if keras.backend.backend() != "tensorflow" or (width is not None and width < _CUSTOM_TARGET_WIDTH):
+        return z, _target_logit(z, labels)  # small C: the scatter is cheap, a custom gradient costs tracing time
     import tensorflow as tf
 
     index = ops.stack([ops.arange(ops.shape(z)[0], dtype="int32"), ops.cast(labels, "int32")], axis=1)
@@ -438,9 +440,19 @@ def _refuse_invalid(loss, valid):
     return ops.where(valid, loss, float("nan"))
 
 
+def _plain_python(function):
+    """Keeps TensorFlow's autograph from re-compiling `function` at every trace (0.5 s of a first call)."""
+    if keras.backend.backend() != "tensorflow":
+        return function
+    import tensorflow as tf
+
+    return tf.autograph.experimental.do_not_convert(function)
+
+
 class _ReducedLoss(keras.losses.Loss):
     """A reduced loss of an empty batch is 0 (Keras returns the empty [0] tensor when the batch size is static)."""
 
+    @_plain_python
     def __call__(self, y_true, y_pred, sample_weight=None):
         value = super().__call__(y_true, y_pred, sample_weight=sample_weight)
         if self.reduction not in (None, "none") and tuple(value.shape) == (0,):

@@ -515,3 +515,32 @@ print("JAX-OK")
     from roundtrip import run_fresh_python
 
     assert "JAX-OK" in run_fresh_python(code, env={"KERAS_BACKEND": "jax"}).stdout
+
+
+def test_in_place_target_gradient_of_large_class_counts(monkeypatch):
+    """The custom gradient used from `_CUSTOM_TARGET_WIDTH` classes on (forced here on a small tree)."""
+    from keras_hier import losses
+
+    monkeypatch.setattr(losses, "_CUSTOM_TARGET_WIDTH", 0)
+    h = random_tree(23)
+    y, z = data(23, h.num_classes)
+    s = tree_similarity(h, "exp", 0.7).astype(np.float64)
+    for loss in (SimLoss.from_hierarchy(h, beta=0.7, reduction=None), SimLoss(s, reduction=None)):
+        value, grad = tf_value_and_grad(loss, y, z)
+        np.testing.assert_allclose(value, np_simloss(y, z, s), rtol=1e-5)
+        np.testing.assert_allclose(grad, np_simloss_grad(y, z, s), atol=1e-5)
+    value, grad = tf_value_and_grad(HierarchicalCrossEntropy(h, 0.3, reduction="sum"), y, z)
+    ref, ref_grad = np_hxe(y, z, h, 0.3)
+    np.testing.assert_allclose(grad, ref_grad, atol=1e-5)
+    q = soft_targets(h, 1.0)[y]
+    loss = SoftLabelCrossEntropy(h, 1.0, reduction="sum")
+
+    @tf.function
+    def traced(targets, logits):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            value = loss(targets, logits)
+        return tape.gradient(value, logits)
+
+    for targets in (y, np.eye(h.num_classes, dtype=np.float32)[y]):  # ids, and one-hot rows (inside a cond)
+        np.testing.assert_allclose(traced(tf.constant(targets), tf.constant(z)).numpy(), softmax(z) - q, atol=1e-5)
