@@ -222,18 +222,28 @@ def text_vectorizer(texts=None, vocabulary=None, max_tokens=20_000, sequence_len
     return layer
 
 
-def _vectorized_input(vectorizer, texts, vocabulary, max_tokens, sequence_length, ngrams):
-    """(string input [B], token ids [B, L], vocabulary size)."""
+def _vectorized_input(vectorizer, texts, vocabulary, max_tokens, sequence_length, ngrams, token_ids, where):
+    """(model input, token ids [B, L], vocabulary size): strings [B] or, with `token_ids`, ids [B, L]."""
     if vectorizer is None:
         vectorizer = text_vectorizer(texts, vocabulary, max_tokens, sequence_length, ngrams)
     elif texts is not None or vocabulary is not None:
-        raise ValueError("give a vectorizer or texts/vocabulary, not both")
+        raise ValueError(f"{where}: give a vectorizer or texts/vocabulary, not both")
+    vocab = int(vectorizer.vocabulary_size())
+    if token_ids:
+        length = vectorizer.get_config()["output_sequence_length"]
+        inputs = keras.Input(shape=(length,), dtype="int32", name="token_ids")
+        return inputs, inputs, vocab
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"{where}: a model that takes strings needs the TensorFlow backend (its TextVectorization runs "
+            f"in the model); on {keras.backend.backend()!r} pass token_ids=True with vectorizer="
+            "text_vectorizer(texts) and map the vectorizer over the tf.data pipeline")
     inputs = keras.Input(shape=(), dtype="string", name="text")
-    return inputs, vectorizer(inputs), int(vectorizer.vocabulary_size())
+    return inputs, vectorizer(inputs), vocab
 
 
 def text_bag(texts=None, vocabulary=None, embedding_dim=64, max_tokens=20_000, sequence_length=32,
-             ngrams=None, dropout=0.0, vectorizer=None, name="text_bag"):
+             ngrams=None, dropout=0.0, vectorizer=None, token_ids=False, name="text_bag"):
     """An embedding bag: TextVectorization -> Embedding -> mean over the text's tokens.
 
     The mean skips padding; an empty text gives the zero vector. fastText-like
@@ -247,17 +257,22 @@ def text_bag(texts=None, vocabulary=None, embedding_dim=64, max_tokens=20_000, s
         max_tokens, sequence_length, ngrams: see `text_vectorizer`.
         dropout: dropout on the pooled vector (0: none).
         vectorizer: an adapted `TextVectorization` layer to use.
+        token_ids: False (default): the model takes strings and holds the
+            vectorizer (TensorFlow backend). True: the model takes the
+            vectorizer's int ids `[B, sequence_length]` and the caller
+            vectorizes, e.g. in `tf.data` (any backend: JAX, PyTorch).
         name: model name.
 
     Returns:
-        A `keras.Model` mapping strings `[B]` to `[B, embedding_dim]`.
+        A `keras.Model` mapping strings `[B]` (or token ids) to `[B, embedding_dim]`.
 
     Example:
         >>> m = text_bag(["a small domesticated feline", "a large truck"], embedding_dim=8)
         >>> m.output_shape
         (None, 8)
     """
-    inputs, ids, vocab = _vectorized_input(vectorizer, texts, vocabulary, max_tokens, sequence_length, ngrams)
+    inputs, ids, vocab = _vectorized_input(vectorizer, texts, vocabulary, max_tokens, sequence_length, ngrams,
+                                           token_ids, "text_bag")
     vectors = layers.Embedding(vocab, int(embedding_dim), name="token_embedding")(ids)
     mask = keras.ops.expand_dims(keras.ops.cast(keras.ops.not_equal(ids, 0), vectors.dtype), -1)
     total = keras.ops.sum(vectors * mask, axis=1)
@@ -268,11 +283,13 @@ def text_bag(texts=None, vocabulary=None, embedding_dim=64, max_tokens=20_000, s
 
 
 def text_cnn(texts=None, vocabulary=None, embedding_dim=64, filters=128, kernel_sizes=(3, 5),
-             max_tokens=20_000, sequence_length=32, dropout=0.0, vectorizer=None, name="text_cnn"):
+             max_tokens=20_000, sequence_length=32, dropout=0.0, vectorizer=None, token_ids=False,
+             name="text_cnn"):
     """A small 1-D CNN: TextVectorization -> Embedding -> Conv1D (ReLU) per kernel size -> global max pool.
 
     Args:
-        texts, vocabulary, vectorizer: the vocabulary (see `text_bag`).
+        texts, vocabulary, vectorizer, token_ids: the vocabulary and the
+            input kind (see `text_bag`).
         embedding_dim: size of the word vectors.
         filters: channels of each convolution.
         kernel_sizes: one parallel `Conv1D` per width; their pooled outputs
@@ -282,7 +299,7 @@ def text_cnn(texts=None, vocabulary=None, embedding_dim=64, filters=128, kernel_
         name: model name.
 
     Returns:
-        A `keras.Model` mapping strings `[B]` to `[B, len(kernel_sizes) * filters]`.
+        A `keras.Model` mapping strings `[B]` (or token ids) to `[B, len(kernel_sizes) * filters]`.
 
     Example:
         >>> text_cnn(["a small domesticated feline"], filters=4, kernel_sizes=(2, 3)).output_shape
@@ -290,7 +307,8 @@ def text_cnn(texts=None, vocabulary=None, embedding_dim=64, filters=128, kernel_
     """
     if not kernel_sizes:
         raise ValueError("text_cnn: kernel_sizes must name at least one width")
-    inputs, ids, vocab = _vectorized_input(vectorizer, texts, vocabulary, max_tokens, sequence_length, None)
+    inputs, ids, vocab = _vectorized_input(vectorizer, texts, vocabulary, max_tokens, sequence_length, None,
+                                           token_ids, "text_cnn")
     vectors = layers.Embedding(vocab, int(embedding_dim), name="token_embedding")(ids)
     pooled = []
     for width in kernel_sizes:

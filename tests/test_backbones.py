@@ -1,5 +1,9 @@
 """Tests for keras_hier.backbones."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -171,9 +175,6 @@ def test_text_backbones_feed_any_head(head, kwargs):
 
 
 def test_text_model_keras_file_loads_in_a_fresh_process(tmp_path):
-    import subprocess
-    import sys
-
     from keras_hier import build_classifier
 
     model = build_classifier(backbones.text_bag(TEXTS, embedding_dim=4), head="proxydr", num_classes=3,
@@ -262,3 +263,29 @@ def test_keras_hub_errors_never_download(keras_hub, tmp_path, monkeypatch):
     monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", offline)
     with pytest.raises(ConnectionError, match="local preset folder"):
         backbones.get_backbone("keras_hub:resnet_18_imagenet")
+
+
+def test_token_id_models_train_under_jax():
+    """Strings need the TensorFlow backend; token ids work on JAX (fresh process)."""
+    code = (
+        "import numpy as np, keras\n"
+        "from keras_hier import backbones, build_classifier\n"
+        "assert keras.backend.backend() == 'jax'\n"
+        f"texts = np.array({TEXTS.tolist()!r}, dtype=object)\n"
+        "try:\n"
+        "    backbones.text_bag(texts)\n"
+        "    raise SystemExit('strings accepted under jax')\n"
+        "except ValueError as error:\n"
+        "    assert 'token_ids=True' in str(error), error\n"
+        "vec = backbones.text_vectorizer(texts, sequence_length=6)\n"
+        "ids = np.asarray(vec(texts)).astype('int32')\n"
+        "for build in (backbones.text_bag, backbones.text_cnn):\n"
+        "    model = build_classifier(build(vectorizer=vec, token_ids=True), head='proxydr', num_classes=3,"
+        " embedding_dim=4)\n"
+        "    model.compile(optimizer='adam', loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))\n"
+        f"    model.fit(ids, np.array({LABELS.tolist()!r}), batch_size=4, epochs=1, verbose=0)\n"
+        "    assert model.predict(ids, verbose=0).shape == (8, 3)\n"
+        "print('ok')\n")
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stdout[-1000:] + done.stderr[-2000:]
