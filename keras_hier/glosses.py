@@ -58,7 +58,7 @@ class GlossData:
 
     Attributes:
         train, validation, test: `(texts, labels)` tuples: a NumPy array of
-            str `[N]` and int64 class ids `[N]` (class ids of `hierarchy`).
+            `str` objects `[N]` (dtype object) and int64 class ids `[N]` (class ids of `hierarchy`).
             Ready for `model.fit(*data.train)` and `keras_hier.evaluate(model,
             data.test, data.hierarchy)`.
         synsets: `{split: array of synset names [N]}` aligned with the texts.
@@ -316,7 +316,7 @@ def load_glosses(depth=5, min_count=50, seed=0, fractions=(0.8, 0.1, 0.1), wordn
     if max_per_class is not None:
         keep = _subsample(labels, int(max_per_class), seed)
         synsets, labels = synsets[keep], labels[keep]
-    texts = np.array([records["glosses"][i] for i in synsets], dtype=str)
+    texts = np.array([records["glosses"][i] for i in synsets], dtype=object)  # what Keras fit/predict take
     parts = split_by_class(labels, fractions, seed)
     synset_names = np.array([names[i] for i in synsets], dtype=str)
     info = {"depth": int(depth), "min_count": int(min_count), "seed": int(seed), "fractions": list(fractions),

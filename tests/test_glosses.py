@@ -119,6 +119,16 @@ def test_dataset_and_subsample(cache):
     assert batch[0].dtype.name == "string" and batch[0].shape == (7,)
     np.testing.assert_array_equal(batch[1].numpy(), small.test[1][:7])
     assert batch[0].numpy()[0].decode() == small.test[0][0]
+    # the arrays go straight into Keras
+    import keras
+
+    from keras_hier import backbones, build_classifier
+
+    model = build_classifier(backbones.text_bag(small.train[0], embedding_dim=4), head="softmax",
+                             num_classes=139, embedding_dim=4)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(*small.train, batch_size=64, epochs=1, verbose=0)
+    assert model.predict(small.test[0], verbose=0).shape == (139, 139)
 
 
 def test_other_depths_and_no_cache(tmp_path):
