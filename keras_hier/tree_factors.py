@@ -148,6 +148,8 @@ def tree_factors(hierarchy, rule="exp", beta=1.0, distance="path"):
         weights = np.concatenate([g[:, :1], np.diff(g, axis=1)], axis=1)
         column_scale = np.ones(num_classes)
     weights[:, 1:] = np.where(mask, weights[:, 1:], 0.0)
+    if num_classes and np.all(column_scale == column_scale[0]):  # uniform tree: fold the constant in
+        weights, column_scale = weights * column_scale[0], np.ones(num_classes)
     return TreeFactors(column_scale, weights)
 
 

@@ -47,3 +47,12 @@ def test_bad_arguments_are_named():
         tree_factors(h, "cubic")
     with pytest.raises(ValueError, match="beta"):
         tree_factors(h, "exp", 0.0)
+
+
+def test_uniform_trees_need_no_column_scale():
+    c100 = hierarchies.cifar100()
+    f = tree_factors(c100, "exp", 0.8, "path")
+    assert np.all(f.column_scale == 1.0)  # the constant exp(-beta depth) is folded into the weights
+    np.testing.assert_allclose(f.row_sums(c100), tree_similarity(c100, "exp", 0.8, "path").sum(1), rtol=1e-5)
+    rows = np.array([0, 17, 99])
+    np.testing.assert_allclose(f.dense(c100)[rows], tree_similarity(c100, "exp", 0.8, "path")[rows], atol=1e-6)
