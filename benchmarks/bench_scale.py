@@ -47,6 +47,13 @@ def _status(field):
     return 0
 
 
+def load_note():
+    """The machine's 1/5/15-minute load averages: wall times on a shared machine are inflated by them."""
+    one, five, fifteen = os.getloadavg()
+    return (f"Wall-clock times; load average at the end {one:.1f} / {five:.1f} / {fifteen:.1f} on "
+            f"{os.cpu_count()} cores (other jobs shared the machine when the load exceeds the core count).")
+
+
 def measured(fn):
     """(result, seconds, peak bytes above the RSS at the start)."""
     try:
@@ -218,10 +225,10 @@ def main():
     title = "## Scale: {} without C x C objects"
     if "evaluate" in args.stage:  # each stage owns its section, so they can run (and be re-run) separately
         lines = [title.format("`keras_hier.evaluate`"), ""] + evaluate_lines(bench_evaluate(args))
-        publish("scale_evaluate", lines, write=not args.no_write)
+        publish("scale_evaluate", lines + [load_note()], write=not args.no_write)
     if "inference" in args.stage:
         lines = [title.format("`hierarchical_inference`"), ""] + inference_lines(bench_inference(args))
-        publish("scale_inference", lines, write=not args.no_write)
+        publish("scale_inference", lines + [load_note()], write=not args.no_write)
 
 
 if __name__ == "__main__":
