@@ -34,7 +34,7 @@ from keras_hier.outputs import tensor_is_probability
 
 __all__ = ["DECODERS", "COSTS", "ROOT_NAME", "DecoderTables", "NUMPY_OPS", "decoder_tables", "node_marginals",
            "level_marginals", "expected_cost", "decode", "decode_probabilities", "check_hierarchy",
-           "check_decoder_arguments"]
+           "check_decoder_arguments", "marginals", "negated_cost", "chain_scores", "backoff", "rank"]
 
 DECODERS = ("argmax", "expected_cost")
 COSTS = DISTANCE_KINDS
@@ -82,8 +82,7 @@ class _Reduction:
         self.ids = np.asarray(ids, np.int32)
         self.num_segments = int(num_segments)
         self.order = np.argsort(self.ids, kind="stable").astype(np.int32)
-        self.sorted_ids = self.ids[self.order]
-        self.starts = np.searchsorted(self.sorted_ids, np.arange(self.num_segments)).astype(np.int64)
+        self.starts = np.searchsorted(self.ids[self.order], np.arange(self.num_segments)).astype(np.int64)
         self.membership = None
 
     def matrix(self):
