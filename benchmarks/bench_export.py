@@ -108,7 +108,7 @@ def setups(quick):
             (f"CIFAR-100 tree (C = 100, 4 levels), {real}", cifar, realistic)]
     for size in (10_000, 100_000):
         h = synthetic_hierarchy(size)
-        label = f"synthetic ragged tree (C = {size:,}, {h.depth} levels)".replace(",", " ")
+        label = f"synthetic ragged tree (C = {size:,}".replace(",", " ") + f", {h.depth} levels)"
         rows.append((f"{label}, {tiny}", h, tiny_cnn))
         if not quick:
             rows.append((f"{label}, {real}", h, realistic))
