@@ -188,6 +188,16 @@ class _Capture:
         if store is not None:
             store[id(layer)] = value
 
+    def put_logits(self, layer, value):
+        store = getattr(self._local, "store", None)
+        if store is not None:
+            store[(id(layer), "logits")] = value
+
+    @staticmethod
+    def logits_of(store, layer):
+        """The logits `layer` recorded in `store` (None if it did not)."""
+        return store.get((id(layer), "logits"))
+
     def __enter__(self):
         self.open()
         return self._local.store
@@ -376,13 +386,16 @@ class ProxyHead(keras.layers.Layer):
                 raise RuntimeError(_NO_UPDATE_MESSAGE.format(name=self.name, cls=type(self).__name__))
             capture_embeddings.put(self, x)
         proxies = self._proxies if self.proxy_mode == "learned" else ops.stop_gradient(self._proxies)
-        return self.logits(x, proxies, ops.stop_gradient(self.scale))
+        logits = self.logits(x, proxies, ops.stop_gradient(self.scale))
+        if training and self.dynamic_scale:  # the scale update reuses them (no second [B, C] pass)
+            capture_embeddings.put_logits(self, logits)
+        return logits
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.num_classes,)
 
     # ------------------------------------------------------- after-step update
-    def update_from_batch(self, embeddings, labels):
+    def update_from_batch(self, embeddings, labels, logits=None):
         """EMA proxies and dynamic scale update from one training batch.
 
         Call after the optimiser step with the embeddings of that step's
@@ -394,13 +407,16 @@ class ProxyHead(keras.layers.Layer):
         Args:
             embeddings: [B, D] head inputs.
             labels: int class ids [B] / [B, 1] or one-hot [B, C].
+            logits: optional [B, C] logits of that forward pass (the dynamic
+                scale then needs no second pass over the C proxies);
+                recomputed from the current proxies when omitted.
         """
         if not self.needs_update:
             return
         x = kh_ops.l2_normalize(_rescale_rows(kh_ops.float32(embeddings)))
         labels, valid = sparse_labels(labels, self.num_classes, type(self).__name__, with_valid=True)
         if self.dynamic_scale:  # uses the proxies of this step's forward pass
-            self._update_scale(x, labels)
+            self._update_scale(x, labels, logits)
         if self.proxy_mode == "ema":  # a bad label (possible only under XLA / jax.jit) moves no proxy
             self._update_ema(x, labels, ops.cast(valid, "float32"))
 
@@ -418,17 +434,19 @@ class ProxyHead(keras.layers.Layer):
         self._proxies.assign(new)
         self._visited.assign(ops.maximum(visited_now, ops.cast(counts > 0, "float32")))
 
-    def _update_scale(self, x, labels):
+    def _update_scale(self, x, labels, logits=None):
         log_scale, state = self._log_scale.value, self._scale_state.value
         s = ops.exp(log_scale)
-        cosine = ops.matmul(x, ops.transpose(self.proxies))
-        one_hot = ops.one_hot(labels, self.num_classes, dtype="float32")
-        u = _unit_logit(self.kind, cosine, self.distance, ops)
-        e = ops.exp(ops.minimum(s * u, _EXP_CAP)) * (1.0 - one_hot)
-        theta = ops.arccos(ops.clip(ops.sum(cosine * one_hot, axis=-1), -1.0 + kh_ops.COS_CLIP,
-                                    1.0 - kh_ops.COS_CLIP))
+        proxies = kh_ops.float32(self._proxies.value)
+        if logits is None:
+            logits = self.logits(x, proxies, s)
+        z = kh_ops.float32(logits)  # = s * u, u = _unit_logit of the cosine
+        classes = ops.expand_dims(ops.arange(self.num_classes, dtype="int32"), 0)
+        e = ops.where(ops.equal(classes, ops.expand_dims(labels, 1)), 0.0, ops.exp(ops.minimum(z, _EXP_CAP)))
+        target_cosine = ops.sum(x * kh_ops.l2_normalize(ops.take(proxies, labels, axis=0)), axis=-1)
+        theta = ops.arccos(ops.clip(target_cosine, -1.0 + kh_ops.COS_CLIP, 1.0 - kh_ops.COS_CLIP))
         count = ops.cast(ops.shape(x)[0], "float32")
-        b_sum, db_sum, count = _all_sum([ops.sum(e), ops.sum(u * e), count])
+        b_sum, db_sum, count = _all_sum([ops.sum(e), ops.sum((z / s) * e), count])
         theta = ops.minimum(math.pi / 4, ops.median(_all_gather(theta)))
         r, dr = scale_residual(self.kind, s, theta, b_sum / count, db_sum / count, self.distance, ops)
         grad = 2.0 * r * dr * s  # d(R^2) / d(log s)

@@ -78,7 +78,7 @@ class Classifier(keras.Model):
             logs = super().train_step(data)
         _, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         for head in heads:
-            head.update_from_batch(_captured(store, head), y)
+            head.update_from_batch(_captured(store, head), y, logits=capture_embeddings.logits_of(store, head))
         return logs
 
     def compute_loss_and_updates(self, trainable_variables, non_trainable_variables, metrics_variables, x, y,
@@ -106,7 +106,9 @@ class Classifier(keras.Model):
         mapping += list(zip(self.non_trainable_variables, non_trainable_variables))
         with keras.StatelessScope(state_mapping=mapping) as scope:
             for head in heads:
-                head.update_from_batch(keras.ops.stop_gradient(_captured(store, head)), y)
+                logits = capture_embeddings.logits_of(store, head)
+                head.update_from_batch(keras.ops.stop_gradient(_captured(store, head)), y,
+                                       logits=None if logits is None else keras.ops.stop_gradient(logits))
         updated = []
         for variable, value in zip(self.non_trainable_variables, non_trainable_variables):
             new = scope.get_current_value(variable)

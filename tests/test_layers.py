@@ -297,3 +297,22 @@ def test_config_is_compact_and_heads_round_trip_in_a_fresh_process():
              ProxyDRHead(4, proxy_mode="fixed", proxies=rng.normal(size=(4, 5)), dynamic_scale=True),
              ProxyDRHead(4, proxy_mode="ema", dynamic_scale=True, ema_momentum=0.1)]
     run_serialization_tests([(head, x, None) for head in heads])
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+@pytest.mark.parametrize("distance", ["chordal", "arccos"])
+def test_scale_update_from_forward_logits_equals_recomputed(kind, distance):
+    """Classifier hands the head its forward logits; the update equals the one that recomputes them."""
+    x, y, w = batch(8, n=16, num_classes=4)
+    heads = [HEADS[kind](4, proxies=w, dynamic_scale=True, distance=distance) for _ in range(2)]
+    for head in heads:
+        head(x)
+    with capture_embeddings as store:
+        heads[0](x, training=True)
+    for _ in range(3):
+        heads[0].update_from_batch(store[id(heads[0])], y, logits=capture_embeddings.logits_of(store, heads[0]))
+        heads[1].update_from_batch(x, y)
+        with capture_embeddings as store:
+            heads[0](x, training=True)
+    assert float(heads[0].scale) != heads[0].initial_scale
+    assert float(heads[0].scale) == pytest.approx(float(heads[1].scale), rel=1e-6)
