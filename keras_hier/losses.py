@@ -178,7 +178,7 @@ def tree_simloss(labels, logits, hierarchy, factors):
         root = total
     else:
         total = ops.sum(e, axis=-1)
-        scaled = e * factors.column_scale
+        scaled = e * ops.convert_to_tensor(factors.column_scale)
         scaled_label = label_value * ops.take(factors.column_scale, labels, axis=0)
         path, root = tree_sums.path_sums(scaled, labels, plan, scaled_label, with_total=True)
     numerator = weights[:, 0] * root + ops.sum(weights[:, 1:] * path, axis=-1)
@@ -201,12 +201,13 @@ def tree_similarity_targets(targets, hierarchy, factors):
     """
     q_t = ops.transpose(float32(targets))  # [C, B]
     weights = factors.weights
-    out = ops.sum(q_t * weights[:, :1], axis=0, keepdims=True)  # [1, B]: the root term
+    out = ops.sum(q_t * ops.convert_to_tensor(weights[:, :1]), axis=0, keepdims=True)  # [1, B]: the root term
     for level in range(hierarchy.depth):
         ids = np.asarray(hierarchy.ancestors(level), dtype=np.int32)
-        node = ops.segment_sum(q_t * weights[:, level + 1:level + 2], ids, num_segments=hierarchy.num_nodes(level))
+        column = ops.convert_to_tensor(weights[:, level + 1:level + 2])
+        node = ops.segment_sum(q_t * column, ids, num_segments=hierarchy.num_nodes(level))
         out = out + ops.take(node, ids, axis=0)
-    return ops.transpose(out * factors.column_scale[:, None])
+    return ops.transpose(out * ops.convert_to_tensor(factors.column_scale[:, None]))
 
 
 def hierarchical_cross_entropy(labels, logits, hierarchy, level_weights):
@@ -268,7 +269,7 @@ def soft_target_hxe(targets, logits, hierarchy, level_weights):
         above = parent_log if level == 0 else ops.take(parent_log, parents, axis=0)
         node_weight = np.zeros(size, dtype=np.float32)
         node_weight[ids] = level_weights[:, level]  # lambda of the node (0 for a repeated shallow leaf)
-        mass = ops.segment_sum(q_t, ids, num_segments=size) * node_weight[:, None]
+        mass = ops.segment_sum(q_t, ids, num_segments=size) * ops.convert_to_tensor(node_weight[:, None])
         loss = loss - ops.sum(ops.where(mass > 0, mass * (node_log - above), 0.0), axis=0)
         parent_log = node_log
     return loss
@@ -291,7 +292,7 @@ def soft_label_cross_entropy(labels, logits, hierarchy, factors, row_sums):
     z = float32(logits)
     scaled = z
     if not np.all(factors.column_scale == 1.0):
-        scaled = z * factors.column_scale
+        scaled = z * ops.convert_to_tensor(factors.column_scale)
     weights = ops.take(factors.weights, labels, axis=0)
     scaled, scaled_target = _with_target(scaled, labels)
     path, root = tree_sums.path_sums(scaled, labels, plan, scaled_target, with_total=True)
@@ -702,7 +703,7 @@ class SoftLabelCrossEntropy(_HierLoss):
 
     def _soft_loss(self, q, z):
         # sum_y q_y CE(target(y), p) = logsumexp(z) - sum_j ((q / row_sums) S)[j] z_j
-        weights = tree_similarity_targets(q / self.row_sums, self.hierarchy, self.factors)
+        weights = tree_similarity_targets(q / ops.convert_to_tensor(self.row_sums), self.hierarchy, self.factors)
         return ops.logsumexp(z, axis=-1) - ops.sum(weights * z, axis=-1)
 
     def get_config(self):
