@@ -170,10 +170,7 @@ def run_user(user_runs, backend):
 
 
 #: backend -> (text of the error, reason): failures of code owned by other helpers, reported, not hidden.
-KNOWN_FAILURES = {
-    "torch": ("losses.py", "the README's tree-factorised SimLoss fails on torch: keras_hier/losses.py "
-                           "tree_simloss multiplies a torch tensor by a NumPy table (factors.column_scale)"),
-}
+KNOWN_FAILURES = {}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
