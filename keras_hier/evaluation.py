@@ -339,9 +339,22 @@ def evaluate(model, dataset, hierarchy, train_dataset=None, k=5, ks=DEFAULT_KS, 
         except ValueError as err:  # e.g. fewer than 3 classes present: reported, not a crash
             results["inference"][name] = {"error": str(err)}
     seconds["inference"] = _lap(clock)
-    results["representatives"] = {name: np.where(np.isnan(r), None, r).tolist() for name, r in reps.items()
-                                  if c <= MAX_REPORTED_REPRESENTATIVES}
+    results.update(_reported_representatives(reps, hierarchy))
     return results
+
+
+def _reported_representatives(reps, hierarchy):
+    """The representatives kept in the results for `report`'s figures: per class up to
+    `MAX_REPORTED_REPRESENTATIVES` classes, else per node of the level the figures collapse to."""
+    out = {"representatives": {}}
+    if hierarchy.num_classes > MAX_REPORTED_REPRESENTATIVES:
+        from keras_hier.plots import collapse_to_level, plot_level
+
+        level = plot_level(hierarchy)
+        out["representatives_level"] = level
+        reps = {name: collapse_to_level(r, hierarchy, level)[0] for name, r in reps.items()}
+    out["representatives"] = {name: np.where(np.isnan(r), None, r).tolist() for name, r in reps.items()}
+    return out
 
 
 def _lap(clock):
@@ -350,7 +363,7 @@ def _lap(clock):
     return round(elapsed, 3)
 
 
-#: Above this many classes the representatives are not copied into the results dict (its JSON would be huge).
+#: Above this many classes the results keep node representatives of a coarser level (its JSON would be huge).
 MAX_REPORTED_REPRESENTATIVES = 5000
 
 

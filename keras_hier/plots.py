@@ -49,25 +49,32 @@ def save_figure(fig, path):
     return path
 
 
+def level_hierarchy(hierarchy, level):
+    """The hierarchy cut at `level`: one class per node of that level, named by its node path."""
+    from keras_hier.hierarchy import Hierarchy
+
+    paths = hierarchy.level_paths(level, separator=_SEP)
+    return Hierarchy([p.split(_SEP) for p in paths], classes=[p.replace(_SEP, "/") for p in paths])
+
+
 def collapse_to_level(representatives, hierarchy, level):
     """Representatives and hierarchy of the nodes at `level` (for figures at large C).
 
     A node's representative is the normalised mean of its classes' normalised
-    representatives (classes with a NaN row are skipped); the returned
-    hierarchy is the tree cut at `level`, its classes named by node path.
+    representatives (classes with a NaN row are skipped; a node without any
+    gets a NaN row); the returned hierarchy is `level_hierarchy(hierarchy, level)`.
 
     Returns:
         (node representatives [num_nodes(level), D], Hierarchy).
     """
-    from keras_hier.hierarchy import Hierarchy
-
     reps = np.asarray(representatives, dtype=np.float64)
     anc = np.asarray(hierarchy.ancestors(level))
     ok = np.all(np.isfinite(reps), axis=1)
     sums = np.zeros((hierarchy.num_nodes(level), reps.shape[1]))
     np.add.at(sums, anc[ok], normalize_rows(reps[ok]))
-    paths = hierarchy.level_paths(level, separator=_SEP)
-    return normalize_rows(sums), Hierarchy([p.split(_SEP) for p in paths], classes=[p.replace(_SEP, "/") for p in paths])
+    nodes = normalize_rows(sums)
+    nodes[np.bincount(anc[ok], minlength=len(nodes)) == 0] = np.nan
+    return nodes, level_hierarchy(hierarchy, level)
 
 
 def plot_level(hierarchy, level=None, max_classes=None):
@@ -300,4 +307,4 @@ def plot_hs_curves(curves, path=None, title="HS@k", random=None):
 
 
 __all__ = ["plot_dendrograms", "plot_distance_matrices", "plot_hs_curves", "save_figure",
-           "true_tree_linkage", "collapse_to_level", "plot_level", "MAX_PLOT_CLASSES"]
+           "true_tree_linkage", "collapse_to_level", "level_hierarchy", "plot_level", "MAX_PLOT_CLASSES"]

@@ -112,21 +112,39 @@ def _hierarchy_of(results, hierarchy):
     return hierarchy
 
 
+def _present(reps, hierarchy):
+    """Rows with a representative (absent classes have NaN rows) and the hierarchy of those classes."""
+    keep = np.flatnonzero(np.all(np.isfinite(reps), axis=1))
+    if keep.size == reps.shape[0]:
+        return reps, hierarchy
+    if keep.size < 3:
+        return reps, None
+    from keras_hier.hierarchy import Hierarchy
+
+    return reps[keep], Hierarchy([hierarchy.paths[i] for i in keep], classes=[hierarchy.classes[i] for i in keep])
+
+
 def _report_figures(results, path, hierarchy, level):
     from keras_hier import plots
 
     figs = {}
     hierarchy = _hierarchy_of(results, hierarchy)
     distance = results.get("meta", {}).get("distance", "path")
+    if hierarchy is not None and results.get("representatives_level") is not None:
+        # evaluate kept node representatives of this level (large C): draw that level's tree
+        level = None
+        hierarchy = plots.level_hierarchy(hierarchy, results["representatives_level"])
     for name, reps in results.get("representatives", {}).items():
-        reps = np.array(reps, dtype=np.float64)
-        if hierarchy is None or reps.ndim != 2 or not np.all(np.isfinite(reps)):
+        reps = np.array([[np.nan if v is None else v for v in row] for row in reps], dtype=np.float64)
+        if hierarchy is None or reps.ndim != 2 or reps.shape[0] != hierarchy.num_classes:
             continue
-        figs[f"tree_{name}"] = plots.plot_dendrograms(reps, hierarchy, os.path.join(path, f"tree_{name}.png"),
+        reps, h = _present(reps, hierarchy)
+        if h is None:
+            continue
+        figs[f"tree_{name}"] = plots.plot_dendrograms(reps, h, os.path.join(path, f"tree_{name}.png"),
                                                       name=name, level=level)
         figs[f"distances_{name}"] = plots.plot_distance_matrices(
-            reps, hierarchy, os.path.join(path, f"distances_{name}.png"), name=name, distance=distance,
-            level=level)
+            reps, h, os.path.join(path, f"distances_{name}.png"), name=name, distance=distance, level=level)
     ret = results.get("retrieval", {})
     if ret.get("hs_curve"):
         curves = {"test embeddings": ret["hs_curve"]}

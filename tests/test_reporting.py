@@ -74,3 +74,35 @@ def test_figures_name_their_distance(results, tmp_path):
     fig = plots.plot_distance_matrices(reps, tree(), name="W", distance="path")
     assert "chordal" in fig.axes[0].get_title() and "path" in fig.axes[1].get_title()
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()][0] in tree().classes
+
+
+def test_large_c_results_keep_node_representatives_and_figures(tmp_path, monkeypatch):
+    import keras
+
+    from keras_hier import evaluate, evaluation, plots
+
+    monkeypatch.setattr(evaluation, "MAX_REPORTED_REPRESENTATIVES", 4)
+    monkeypatch.setattr(plots, "MAX_PLOT_CLASSES", 4)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 6)).astype("float32")
+    y = np.array([0, 1, 2, 3, 4, 6, 7] * 6)[:40]  # class 5 absent: its proto row is NaN, node B still has some
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(8, name="head")(keras.layers.Dense(4, name="embedding")(inputs)))
+    out = evaluate(model, (x, y), tree(), ks=(1,), n_permutations=0)
+    assert out["representatives_level"] == 0 and len(out["representatives"]["W"]) == 3  # A, B, C
+    w = np.asarray(model.get_layer("head").kernel).T
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    a = w[:4].mean(0)
+    np.testing.assert_allclose(out["representatives"]["W"][0], a / np.linalg.norm(a), atol=1e-5)
+    report(out, tmp_path)
+    for name in ("tree_W.png", "distances_W.png", "tree_proto.png", "distances_proto.png"):
+        assert os.path.getsize(tmp_path / name) > 5000, name
+
+
+def test_absent_classes_are_left_out_of_the_figures(results, tmp_path):
+    res = dict(results)
+    proto = [list(r) for r in results["representatives"]["proto"]]
+    proto[7] = [None] * len(proto[7])  # as evaluate stores an absent class
+    res["representatives"] = {"proto": proto}
+    report(res, tmp_path)
+    assert os.path.getsize(tmp_path / "distances_proto.png") > 5000
