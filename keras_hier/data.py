@@ -19,6 +19,8 @@ Sources (`name_or_path`):
   image classification set with a user hierarchy), read from `data_dir` /
   `TFDS_DATA_DIR`. When the data is not prepared and the download host cannot
   be reached, it fails within seconds with a message listing local sources.
+- `"wordnet_glosses"`: the WordNet gloss text benchmark
+  (`keras_hier.glosses`): strings and WordNet-tree labels, built offline.
 """
 
 import dataclasses
@@ -49,6 +51,8 @@ LOCAL_FALLBACKS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
                    "mnist": ("/usr/share/datasets/mnist",)}
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
+GLOSSES = "wordnet_glosses"  # keras_hier.glosses.NAME: the text benchmark load_dataset knows
+GLOSSES_OPTIONS = ("depth", "min_count", "max_per_class")
 
 
 # --------------------------------------------------------------------------- raw arrays
@@ -547,7 +551,7 @@ class LoadedData:
             `validation_split=0` or `split="test"`); never shuffled/augmented.
         hierarchy: the `keras_hier.Hierarchy`; labels are its class ids.
         class_names: `list(hierarchy.classes)`.
-        input_shape: `(H, W, C)` of the images.
+        input_shape: `(H, W, C)` of the images (`()` for texts).
         num_examples: examples in `dataset`.
         num_validation: examples in `validation`.
     """
@@ -583,15 +587,42 @@ def _is_path(name):
             or s.endswith(".npz") or s.startswith(("/", "./", "../", "~")))
 
 
+def _load_glosses(split, hierarchy, batch_size, validation_split, seed, augment, data_dir, shuffle,
+                  image_dtype, image_size, manual_dir, max_examples, drop_remainder, options):
+    """`load_dataset("wordnet_glosses", ...)`: `keras_hier.glosses.loaded_data`, arguments checked."""
+    from keras_hier import glosses
+
+    unknown = sorted(set(options) - set(GLOSSES_OPTIONS))
+    if unknown:
+        raise ValueError(f"load_dataset({GLOSSES!r}): unknown option(s) {unknown}; it takes {list(GLOSSES_OPTIONS)}")
+    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float, np.number)) \
+            or not 0 <= validation_split < 1:
+        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+    return glosses.loaded_data(split, hierarchy=hierarchy, batch_size=batch_size,
+                               validation_split=None if validation_split else 0, seed=seed, shuffle=shuffle,
+                               max_examples=max_examples, augment=augment, data_dir=data_dir,
+                               image_dtype=image_dtype, image_size=image_size, manual_dir=manual_dir,
+                               drop_remainder=drop_remainder, **options)
+
+
 def load_dataset(name_or_path, split="train", hierarchy=None, batch_size=128,
                  validation_split=0.0, seed=0, augment=False, data_dir=None, shuffle=None,
                  image_dtype="float32", image_size=None, manual_dir=None,
-                 max_examples=None, drop_remainder=False):
+                 max_examples=None, drop_remainder=False, **dataset_options):
     """Loads a dataset as batched `tf.data.Dataset`s with its hierarchy.
 
     Args:
         name_or_path: a tfds name (`"cifar100"`, `"cifar10"`, `"fashion_mnist"`,
-            ...) or a local path (see the module docstring).
+            ...), a local path (see the module docstring), or
+            `"wordnet_glosses"`: the WordNet gloss text benchmark
+            (`keras_hier.glosses.loaded_data`; datasets of (string [B],
+            int64 [B]), `input_shape` `()`, the benchmark's own hierarchy and
+            train / validation / test splits: any `validation_split` > 0
+            selects its validation split (10 % per class), 0 none;
+            `max_examples` subsamples about that many glosses, evenly per
+            class, *before* splitting, so give the same value for "train"
+            and "test" to keep the splits disjoint; image options must keep
+            their defaults).
         split: `"train"` or `"test"`.
         hierarchy: a `keras_hier.Hierarchy`. Default: the built-in one for
             cifar100/cifar10/fashion_mnist (also recognised from class names),
@@ -611,6 +642,9 @@ def load_dataset(name_or_path, split="train", hierarchy=None, batch_size=128,
         max_examples: keep a seeded random subset of this many examples
             (before the validation split), for quick runs.
         drop_remainder: drop incomplete last batches of `dataset`.
+        **dataset_options: options of a named benchmark; `"wordnet_glosses"`
+            takes `depth`, `min_count` and `max_per_class` (see
+            `keras_hier.glosses.load_glosses`). Other sources take none.
 
     Returns:
         A `LoadedData` (`dataset`, `validation`, `hierarchy`, `class_names`,
@@ -627,6 +661,8 @@ def load_dataset(name_or_path, split="train", hierarchy=None, batch_size=128,
     data = load_dataset("/usr/share/datasets/fashion-mnist", "train",
                         validation_split=0.1, batch_size=64)
     model.fit(data.dataset, validation_data=data.validation)
+    data = load_dataset("wordnet_glosses", "train", validation_split=0.1, depth=5, min_count=50)
+    data.input_shape   # (): strings
     ```
     """
     _check_split(split)
@@ -636,6 +672,12 @@ def load_dataset(name_or_path, split="train", hierarchy=None, batch_size=128,
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or value < 1 or value != int(value):
             raise ValueError(f"{argument} must be a positive int, got {value!r}")
     batch_size = int(batch_size)
+    if str(name_or_path) == GLOSSES:
+        return _load_glosses(split, hierarchy, batch_size, validation_split, seed, augment, data_dir, shuffle,
+                             image_dtype, image_size, manual_dir, max_examples, drop_remainder, dataset_options)
+    if dataset_options:
+        raise ValueError(f"load_dataset({str(name_or_path)!r}): unknown argument(s) {sorted(dataset_options)}; "
+                         f"dataset options are taken only by {GLOSSES!r}")
     folder_hierarchy = None
     if _is_path(name_or_path):
         path = pathlib.Path(str(name_or_path)).expanduser()

@@ -14,7 +14,9 @@ import os
 import sys
 import warnings
 
-from keras_hier.recipes.configs import BACKBONE_NAMES, CONFIGS, DEFAULTS, HEADS, LOSSES, PROXY_MODES, get_config
+from keras_hier.recipes.configs import (BACKBONE_NAMES, CONFIGS, DEFAULTS, HEADS, IMAGE_BACKBONE_NAMES,
+                                        KERAS_HUB_PREFIX, LOSSES, PROXY_MODES, TEXT_BACKBONE_NAMES,
+                                        TEXT_DATASETS, get_config)
 
 __all__ = ["build_parser", "config_from_args"]
 
@@ -54,6 +56,13 @@ def _json_object(text):
     return value
 
 
+def _backbone_name(text):
+    if text in BACKBONE_NAMES or (text.startswith(KERAS_HUB_PREFIX) and len(text) > len(KERAS_HUB_PREFIX)):
+        return text
+    raise argparse.ArgumentTypeError(f"must be one of {', '.join(BACKBONE_NAMES)} or "
+                                     f"{KERAS_HUB_PREFIX}<backbone class or local preset folder>, got {text!r}")
+
+
 def _dflt(key):
     return f" (default: {DEFAULTS[key]!r} unless the --config preset sets it)"
 
@@ -74,12 +83,19 @@ class _DeprecatedFlag(argparse.Action):
 
 def _add_model_options(p):
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", choices=BACKBONE_NAMES, help="backbone network" + _dflt("backbone"))
+    g.add_argument("--backbone", type=_backbone_name, metavar="NAME",
+                   help=f"backbone network: images {', '.join(IMAGE_BACKBONE_NAMES)}; texts "
+                   f"{', '.join(TEXT_BACKBONE_NAMES)} (for --dataset {', '.join(TEXT_DATASETS)}; the vocabulary "
+                   f"is adapted to the training texts); or {KERAS_HUB_PREFIX}<backbone class or local preset "
+                   "folder> (a KerasHub image backbone: class arguments as --backbone-kwargs "
+                   "'{\"config\": {...}}', weights from --backbone-weights)" + _dflt("backbone"))
     g.add_argument("--backbone-weights", dest="backbone_weights", metavar="PATH",
-                   help="resnet50 only: a local weights file, or 'imagenet' (Keras cache)" + _dflt("backbone_weights"))
+                   help=f"resnet50: a local weights file, or 'imagenet' (Keras cache); {KERAS_HUB_PREFIX} "
+                   "backbones: a local .weights.h5 file (never downloaded; default: random weights for a "
+                   "class, the preset folder's own weights for a folder)" + _dflt("backbone_weights"))
     g.add_argument("--backbone-kwargs", dest="backbone_kwargs", type=_json_object, metavar="JSON",
-                   help='JSON object of backbone builder arguments, e.g. \'{"filters": [16, 32, 64, 64]}\''
-                   + _dflt("backbone_kwargs"))
+                   help='JSON object of backbone builder arguments, e.g. \'{"filters": [16, 32, 64, 64]}\', '
+                   '\'{"embedding_dim": 64, "max_tokens": 20000}\' (text_bag)' + _dflt("backbone_kwargs"))
     g.add_argument("--head", choices=HEADS, help="classification head" + _dflt("head"))
     g.add_argument("--proxy-mode", dest="proxy_mode", choices=PROXY_MODES,
                    help="NormFace/ProxyDR proxies, as build_classifier(proxy_mode=...): learned by gradient, "
@@ -107,7 +123,7 @@ def _add_training_options(p):
     g.add_argument("--weight-decay", dest="weight_decay", type=_nonnegative_float,
                    help="AdamW weight decay (0: Adam)" + _dflt("weight_decay"))
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random affine + flip augmentation" + _dflt("augment"))
+                   help="random affine + flip augmentation (images only; text runs refuse it)" + _dflt("augment"))
     g.add_argument("--seed", type=_nonnegative_int, help="seed of the split, shuffling and weights" + _dflt("seed"))
     g.add_argument("--precise-bn-batches", dest="precise_bn_batches", type=_nonnegative_int,
                    help="recompute BatchNorm statistics over this many training batches before the final "
@@ -123,7 +139,12 @@ def _add_training_options(p):
 
 def _add_data_options(p):
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="tfds name or a local path (.npz, IDX folder, image folder)" + _dflt("dataset"))
+    g.add_argument("--dataset", help="tfds name, a local path (.npz, IDX folder, image folder), or "
+                   "wordnet_glosses (the WordNet gloss text benchmark, built offline; use a text backbone)"
+                   + _dflt("dataset"))
+    g.add_argument("--dataset-kwargs", dest="dataset_kwargs", type=_json_object, metavar="JSON",
+                   help='wordnet_glosses options as a JSON object: depth, min_count, max_per_class, e.g. '
+                   '\'{"depth": 5, "min_count": 50}\'' + _dflt("dataset_kwargs"))
     g.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="tfds data directory" + _dflt("data_dir"))
     g.add_argument("--manual-dir", dest="manual_dir", metavar="DIR",
                    help="folder with a tfds dataset's original archives" + _dflt("manual_dir"))
@@ -132,9 +153,10 @@ def _add_data_options(p):
     g.add_argument("--validation-split", dest="validation_split", type=_fraction,
                    help="fraction of the training split held out for validation" + _dflt("validation_split"))
     g.add_argument("--max-examples", dest="max_examples", type=_positive_int,
-                   help="train on a seeded subset of this many images (default: all)")
+                   help="train on a seeded subset of this many examples (wordnet_glosses: about this many "
+                   "glosses, evenly per class, before its train/validation/test split) (default: all)")
     g.add_argument("--max-test-examples", dest="max_test_examples", type=_positive_int,
-                   help="evaluate on this many test images (default: all)")
+                   help="evaluate on this many test examples (default: all)")
 
 
 def _add_output_options(p):

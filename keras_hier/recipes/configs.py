@@ -12,6 +12,15 @@
 - `cpu_small`: the CPU-sized default: small CNN, Fashion-MNIST, 3 epochs.
 - `cpu_cifar10`: small CNN on CIFAR-10 (tfds, or the local .npz copy via
   `--dataset PATH`), 10 epochs with augmentation.
+- `cpu_glosses`: the WordNet gloss text benchmark (`wordnet_glosses`, 139
+  classes at depth 5) with the `text_bag` embedding bag, 10 epochs.
+
+Backbones: the image networks `small_cnn`, `resnet18`, `resnet50`; the text
+encoders `text_bag`, `text_cnn` (`keras_hier.backbones`; they adapt their
+vocabulary to the training texts and take the text data set
+`wordnet_glosses`); and `keras_hub:<backbone class or local preset folder>`
+(a KerasHub image backbone; its class arguments as
+`backbone_kwargs={"config": {...}}`, local weights as `backbone_weights`).
 
 A config is a plain dict whose keys are the recipe's options (and, where they
 exist, the library's argument names: `proxy_mode`, `dynamic_scale`,
@@ -28,15 +37,20 @@ import warnings
 HEADS = ("softmax", "normface", "proxydr", "corr")
 LOSSES = ("ce", "simloss", "hxe", "softlabel")
 PROXY_MODES = ("learned", "ema", "mds")  # mds: fixed MDS proxies (`build_classifier(proxy_mode="mds")`)
-BACKBONE_NAMES = ("small_cnn", "resnet18", "resnet50")
+IMAGE_BACKBONE_NAMES = ("small_cnn", "resnet18", "resnet50")  # keras_hier.backbones.BACKBONES
+TEXT_BACKBONE_NAMES = ("text_bag", "text_cnn")                  # keras_hier.backbones.TEXT_BACKBONES
+BACKBONE_NAMES = IMAGE_BACKBONE_NAMES + TEXT_BACKBONE_NAMES
+KERAS_HUB_PREFIX = "keras_hub:"  # "keras_hub:<class or local preset folder>" (keras_hier.backbones.get_backbone)
+TEXT_DATASETS = ("wordnet_glosses",)  # load_dataset names whose inputs are strings
 
 DEFAULTS = {
     "dataset": "fashion_mnist",
+    "dataset_kwargs": {},       # named benchmark options, e.g. {"depth": 5, "min_count": 50} (wordnet_glosses)
     "data_dir": None,
     "manual_dir": None,
     "hierarchy": None,          # None: built-in / from the folder; else a CSV/JSON path
     "backbone": "small_cnn",
-    "backbone_weights": None,   # resnet50 only: local weights file or "imagenet" (cache only)
+    "backbone_weights": None,   # resnet50: local weights file or "imagenet" (cache only); keras_hub: local file
     "backbone_kwargs": {},      # passed to the backbone builder (e.g. {"filters": [16, 32, 64, 64]})
     "head": "proxydr",          # softmax | normface | proxydr | corr
     "proxy_mode": "learned",    # learned | ema | mds (NormFace / ProxyDR heads)
@@ -77,6 +91,8 @@ ALIASES = {"ema": "proxy_mode", "mds": "proxy_mode", "dynamic": "dynamic_scale"}
 CONFIGS = {
     "cpu_small": {},
     "cpu_cifar10": {"dataset": "cifar10", "epochs": 10, "augment": True, "batch_size": 128},
+    "cpu_glosses": {"dataset": "wordnet_glosses", "backbone": "text_bag", "epochs": 10, "batch_size": 128,
+                    "lr": 3e-3, "backbone_kwargs": {"embedding_dim": 128}},
     "paper_cifar100": {
         "dataset": "cifar100", "backbone": "resnet50", "backbone_weights": "imagenet",
         "embedding_dim": 128, "augment": True, "validation_split": 0.1, "batch_size": 32,
@@ -218,20 +234,60 @@ def _number_errors(config):
 def _choice_errors(config):
     errors = []
     for key, choices in (("head", HEADS), ("loss", LOSSES), ("proxy_mode", PROXY_MODES),
-                         ("backbone", BACKBONE_NAMES), ("mixed_precision", ("auto", "on", "off")),
+                         ("mixed_precision", ("auto", "on", "off")),
                          ("strategy", ("auto", "mirrored", "default"))):
         if config.get(key) not in choices:
             errors.append(f"{key} must be one of {', '.join(choices)}, got {config.get(key)!r}")
     for key in ("dynamic_scale", "augment", "evaluate", "export", "figures"):
         if not isinstance(config.get(key), bool):
             errors.append(f"{key} must be true or false, got {config.get(key)!r}")
-    if not isinstance(config.get("backbone_kwargs"), dict):
-        errors.append(f"backbone_kwargs must be a JSON object, got {config.get('backbone_kwargs')!r}")
+    for key in ("backbone_kwargs", "dataset_kwargs"):
+        if not isinstance(config.get(key, {}), dict):
+            errors.append(f"{key} must be a JSON object, got {config.get(key)!r}")
     head, mode = config.get("head"), config.get("proxy_mode")
     if head == "softmax" and (mode != "learned" or config.get("dynamic_scale")):
         errors.append("head softmax has no proxies: it takes neither proxy_mode ema/mds nor dynamic_scale")
     if head == "corr" and (mode == "ema" or config.get("dynamic_scale")):
         errors.append("head corr uses fixed MDS proxies and a fixed scale: no proxy_mode ema, no dynamic_scale")
+    return errors
+
+
+def is_text_backbone(name):
+    """True for the text encoders (`TEXT_BACKBONE_NAMES`), which take strings."""
+    return name in TEXT_BACKBONE_NAMES
+
+
+def is_keras_hub_backbone(name):
+    """True for `"keras_hub:<class or local preset folder>"`."""
+    return isinstance(name, str) and name.startswith(KERAS_HUB_PREFIX) and len(name) > len(KERAS_HUB_PREFIX)
+
+
+def _backbone_errors(config):
+    """The backbone, its weights and its data kind (images vs texts) agree."""
+    backbone, weights = config.get("backbone"), config.get("backbone_weights")
+    if backbone not in BACKBONE_NAMES and not is_keras_hub_backbone(backbone):
+        return [f"backbone must be one of {', '.join(BACKBONE_NAMES)} or '{KERAS_HUB_PREFIX}<class or local "
+                f"preset folder>', got {backbone!r}"]
+    errors = []
+    if weights is not None and backbone != "resnet50" and not is_keras_hub_backbone(backbone):
+        errors.append(f"backbone_weights applies to resnet50 and {KERAS_HUB_PREFIX} backbones only, "
+                      f"not {backbone!r} (got {weights!r})")
+    elif weights is not None and is_keras_hub_backbone(backbone) and not os.path.isfile(str(weights)):
+        errors.append(f"backbone_weights: {weights!r} is not a local file (a {KERAS_HUB_PREFIX} backbone loads "
+                      "a .weights.h5 file from disk; nothing is downloaded)")
+    text_data = config.get("dataset") in TEXT_DATASETS
+    if text_data and not is_text_backbone(backbone):
+        errors.append(f"dataset {config.get('dataset')} holds texts: choose a text backbone "
+                      f"({', '.join(TEXT_BACKBONE_NAMES)}), not {backbone!r}")
+    elif is_text_backbone(backbone) and not text_data:
+        errors.append(f"backbone {backbone} takes texts: choose a text dataset ({', '.join(TEXT_DATASETS)}), "
+                      f"not {config.get('dataset')!r}")
+    if (text_data or is_text_backbone(backbone)) and config.get("augment") is True:
+        errors.append("augment is the image augmentation (random affine + flip): text runs take no augment "
+                      "(use --no-augment)")
+    if config.get("dataset_kwargs") and not text_data:
+        errors.append(f"dataset_kwargs apply to the named benchmarks ({', '.join(TEXT_DATASETS)}) only, "
+                      f"not {config.get('dataset')!r}")
     return errors
 
 
@@ -248,7 +304,7 @@ def validate_config(config):
     ...
     ValueError: invalid training config: epochs must be an integer >= 1, got 0
     """
-    errors = _number_errors(config) + _choice_errors(config)
+    errors = _number_errors(config) + _choice_errors(config) + _backbone_errors(config)
     hierarchy = config.get("hierarchy")
     if hierarchy is not None:
         if not str(hierarchy).endswith((".csv", ".json")):

@@ -31,7 +31,8 @@ import time
 
 from keras_hier.files import atomic_write_json
 from keras_hier.recipes.cli import build_parser, config_from_args
-from keras_hier.recipes.configs import HEADS, LOSSES, PROXY_MODES, config_differences, validate_config
+from keras_hier.recipes.configs import (HEADS, LOSSES, PROXY_MODES, TEXT_DATASETS, config_differences,
+                                        is_keras_hub_backbone, is_text_backbone, validate_config)
 
 __all__ = ["build_parser", "multi_worker", "setup_devices", "load_hierarchy", "load_data", "check_backbone_kwargs", "build_model",
            "build_loss", "build_metrics", "compile_model", "make_callbacks", "epoch_stream",
@@ -114,21 +115,32 @@ def load_data(config, drop_remainder=False):
     """(train LoadedData with validation, test LoadedData, un-augmented training batches).
 
     `drop_remainder`: training batches all of `batch_size` (several workers
-    split every batch evenly).
+    split every batch evenly). For a text benchmark (`wordnet_glosses`) the
+    test split comes from the same `max_examples` subsample as the training
+    split (its splits are disjoint only then; `max_test_examples` then cuts
+    it), and the third item is the training split unshuffled (the
+    vocabulary is adapted to it, the same on every resume).
     """
+    import dataclasses
+
     from keras_hier.data import load_dataset
 
+    text = config["dataset"] in TEXT_DATASETS
     common = dict(hierarchy=load_hierarchy(config["hierarchy"]), batch_size=config["batch_size"],
                   seed=config["seed"], data_dir=config["data_dir"],
-                  manual_dir=config["manual_dir"])
+                  manual_dir=config["manual_dir"], **(config.get("dataset_kwargs") or {}))
     train = load_dataset(config["dataset"], "train", validation_split=config["validation_split"],
                          augment=config["augment"], max_examples=config["max_examples"],
                          drop_remainder=drop_remainder, **common)
     common["hierarchy"] = train.hierarchy
     test = load_dataset(config["dataset"], "test", shuffle=False,
-                        max_examples=config["max_test_examples"], **common)
+                        max_examples=config["max_examples" if text else "max_test_examples"], **common)
+    limit = config["max_test_examples"]
+    if text and limit is not None and limit < test.num_examples:
+        test = dataclasses.replace(test, dataset=test.dataset.unbatch().take(limit).batch(config["batch_size"]),
+                                   num_examples=int(limit))
     plain = train.dataset
-    if config["augment"]:  # class means and BN statistics from un-augmented training images
+    if config["augment"] or text:  # class means and BN statistics from un-augmented training images
         plain = load_dataset(config["dataset"], "train", shuffle=False,
                              validation_split=config["validation_split"],
                              max_examples=config["max_examples"], **common).dataset
@@ -141,31 +153,58 @@ def _supported(fn, kwargs):
     return {k: v for k, v in kwargs.items() if k in params}
 
 
-def check_backbone_kwargs(config):
-    """Refuses `backbone_kwargs` keys the backbone builder does not take, naming them."""
-    from keras_hier.backbones import BACKBONES
+#: Builder arguments the recipe sets itself (not `--backbone-kwargs`).
+_RECIPE_BACKBONE_ARGS = ("input_shape", "weights", "texts", "vocabulary", "vectorizer", "token_ids")
 
-    builder = BACKBONES[config["backbone"]]
+
+def check_backbone_kwargs(config):
+    """Refuses `backbone_kwargs` keys the backbone builder does not take, naming them.
+
+    Image and text builders are looked up in `keras_hier.backbones.BACKBONES`
+    and `TEXT_BACKBONES`; `keras_hub:` backbones are not checked here
+    (`keras_hub_backbone` names a bad `config`).
+    """
+    from keras_hier.backbones import BACKBONES, TEXT_BACKBONES
+
+    name = config["backbone"]
+    if is_keras_hub_backbone(name):
+        return
+    builder = BACKBONES.get(name) or TEXT_BACKBONES.get(name)
+    if builder is None:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES) + sorted(TEXT_BACKBONES)}")
     params = inspect.signature(builder).parameters
-    accepted = sorted(p for p in params if p not in ("input_shape", "weights"))
+    accepted = sorted(p for p in params if p not in _RECIPE_BACKBONE_ARGS)
     unknown = sorted(set(config.get("backbone_kwargs") or {}) - set(accepted))
     if unknown:
-        raise ValueError(f"--backbone-kwargs: {config['backbone']} takes no argument(s) {unknown}; "
+        raise ValueError(f"--backbone-kwargs: {name} takes no argument(s) {unknown}; "
                          f"it takes {accepted}")
 
 
-def build_model(config, hierarchy, input_shape):
-    """Backbone + embedding + head via `keras_hier.build_classifier`."""
+def build_model(config, hierarchy, input_shape, texts=None):
+    """Backbone + embedding + head via `keras_hier.build_classifier`.
+
+    Args:
+        config, hierarchy: the run's config and hierarchy.
+        input_shape: the data's `input_shape` (image backbones).
+        texts: text backbones: the training strings their vocabulary is
+            adapted to (a list, an array or a `tf.data.Dataset` of string
+            batches, e.g. `train.dataset.map(lambda x, y: x)`).
+    """
     import keras_hier
     from keras_hier.backbones import get_backbone
 
     validate_config(config)
     check_backbone_kwargs(config)
-    head = config["head"]
+    head, name = config["head"], config["backbone"]
     bkw = dict(config.get("backbone_kwargs") or {})
-    if config["backbone"] == "resnet50":
+    if name == "resnet50" or (is_keras_hub_backbone(name) and config["backbone_weights"] is not None):
         bkw["weights"] = config["backbone_weights"]
-    backbone = get_backbone(config["backbone"], input_shape, **bkw)
+    if is_text_backbone(name):
+        if texts is None:
+            raise ValueError(f"build_model: backbone {name} needs texts= (the training strings) to adapt "
+                             "its vocabulary")
+        bkw["texts"] = texts
+    backbone = get_backbone(name, input_shape if not is_text_backbone(name) else None, **bkw)
     kwargs = dict(head=head, num_classes=hierarchy.num_classes,
                   embedding_dim=int(config["embedding_dim"]), hierarchy=hierarchy)
     if head in ("normface", "proxydr"):
@@ -462,8 +501,9 @@ def train(config, out, callbacks=()):
     data = load_data(config, drop_remainder=multi_worker())
     train_data, test_data, _ = data
     hierarchy = train_data.hierarchy
+    texts = data[2].map(lambda x, y: x) if is_text_backbone(config["backbone"]) else None
     with strategy.scope():
-        model = build_model(config, hierarchy, train_data.input_shape)
+        model = build_model(config, hierarchy, train_data.input_shape, texts=texts)
         compile_model(model, config, hierarchy)
     write_config(config, write_dir)
     _log(f"{config['name']}: {config['head']} head on {config['dataset']} ({train_data.num_examples} train / "
