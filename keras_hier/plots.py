@@ -225,6 +225,9 @@ def _axis_labels(ax, hierarchy, order, first):
     labels = ["" if (stop - st) < n / 40 else names[top[st]] for st, stop in zip(starts, stops)]
     ax.set_xticks(centres, labels, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(centres, labels if first else [""] * len(labels), fontsize=7)
+    for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+        for tick, st in zip(ticks, starts):
+            tick.set_color(palette[top[st]])
 
 
 def plot_distance_matrices(representatives, hierarchy, path=None, name="representatives",
