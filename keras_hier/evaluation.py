@@ -8,13 +8,18 @@
 - `hierarchical_inference(representatives, hierarchy)` (in
   `keras_hier.inference`) and `retrieval(embeddings, labels, hierarchy)` (in
   `keras_hier.retrieval_metrics`), re-exported here.
-- `evaluate(model, dataset, hierarchy)` runs everything and returns a plain
-  dict; `report(results, path)` (in `keras_hier.reporting`) writes JSON,
-  Markdown and figures.
+- `evaluate(model, dataset, hierarchy)` runs everything in one streaming
+  pass and returns a plain dict; `report(results, path)` (in
+  `keras_hier.reporting`) writes JSON, Markdown and figures.
 
-The measures are NumPy/SciPy and work on arrays from any model; importing this
-module does not import TensorFlow (only `evaluate` and
-`class_representatives` with a model do).
+Nothing here is C x C or N x C: the model runs batch by batch
+(`keras_hier.model_scoring.Scorer`: top-k and decoders inside the compiled
+step), the measures are running sums (`keras_hier.streaming_eval`), tree
+distances come for the pairs that are needed (`keras_hier.tree_counts`),
+and above 5 000 classes hierarchical inference is a sampled estimate with
+confidence intervals (`keras_hier.inference_sampled`). The measures are
+NumPy/SciPy and work on arrays from any model; importing this module does not
+import TensorFlow (only `evaluate` and `class_representatives` with a model do).
 """
 
 import time
