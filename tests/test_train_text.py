@@ -86,6 +86,14 @@ def test_text_options_are_parsed_and_checked():
         recipe.check_backbone_kwargs({**config, "backbone_kwargs": {"token_ids": True}})
     with pytest.raises(SystemExit):
         recipe.config_from_args(["--backbone", "bert"])
+
+
+def test_main_refuses_augment_and_image_backbones_for_texts(tmp_path, capsys):
+    for extra in (["--augment"], ["--backbone", "small_cnn"]):
+        assert recipe.main(_text_args(tmp_path / "run", *extra)) == 2
+        err = capsys.readouterr().err
+        assert "keras-hier-train: error: invalid training config" in err and "text" in err, err
+        assert not (tmp_path / "run").exists()
     text = recipe.build_parser().format_help()
     assert "wordnet_glosses" in text and "text_bag" in text and "keras_hub:" in text
 
@@ -103,6 +111,17 @@ def test_load_dataset_dispatches_glosses_with_its_options():
                                            min_count=200, batch_size=1000).dataset))
     assert [t.decode() for t in texts.numpy()] == reference.test[0].tolist()
     assert labels.numpy().tolist() == reference.test[1].tolist()
+    # the recipe's test split comes from the same subsample (disjoint from training), cut to
+    # --max-test-examples; the vocabulary source is the training split, unshuffled
+    config = configs.get_config("cpu_small", dataset="wordnet_glosses", backbone="text_bag", max_examples=420,
+                                max_test_examples=20, dataset_kwargs={"depth": 4, "min_count": 200})
+    train, test, plain = recipe.load_data(config)
+    assert test.num_examples == 20
+    test_texts = np.concatenate([x.numpy() for x, _ in test.dataset]).astype(str)
+    assert test_texts.tolist() == reference.test[0][:20].tolist()
+    plain_texts = np.concatenate([x.numpy() for x, _ in plain]).astype(str)
+    assert plain_texts.tolist() == reference.train[0].tolist()
+    assert not set(reference.synsets["train"]) & set(reference.synsets["test"])
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['depht'\]"):
         load_dataset("wordnet_glosses", depht=4)
     with pytest.raises(ValueError, match="only by 'wordnet_glosses'"):
@@ -144,6 +163,16 @@ def test_keras_hub_backbone_takes_local_weights_and_trains(tmp_path):
     assert config["backbone"] == "keras_hub:ResNetBackbone"
     model = recipe.build_model(config, recipe.load_data(config)[0].hierarchy, (8, 8, 3))
     hub = next(la for la in model._flatten_layers() if type(la).__name__ == "ResNetBackbone")
+    assert all(np.array_equal(a, np.array(b)) for a, b in zip(saved, hub.weights))
+    # a local preset folder holds its own weights
+    folder = tmp_path / "preset"
+    keras_hub = pytest.importorskip("keras_hub")
+    fresh = keras_hub.models.ResNetBackbone(image_shape=(8, 8, 3), **HUB_CONFIG)
+    fresh.load_weights(str(tmp_path / "hub.weights.h5"))
+    fresh.save_to_preset(str(folder))
+    from_folder = recipe.build_model({**config, "backbone": f"keras_hub:{folder}", "backbone_weights": None,
+                                      "backbone_kwargs": {}}, recipe.load_data(config)[0].hierarchy, (8, 8, 3))
+    hub = next(la for la in from_folder._flatten_layers() if type(la).__name__ == "ResNetBackbone")
     assert all(np.array_equal(a, np.array(b)) for a, b in zip(saved, hub.weights))
     assert recipe.main(args) == 0
     assert os.path.isfile(os.path.join(out, "best.weights.h5"))
