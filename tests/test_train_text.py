@@ -122,6 +122,10 @@ def test_load_dataset_dispatches_glosses_with_its_options():
     plain_texts = np.concatenate([x.numpy() for x, _ in plain]).astype(str)
     assert plain_texts.tolist() == reference.train[0].tolist()
     assert not set(reference.synsets["train"]) & set(reference.synsets["test"])
+    cnn = {**config, "backbone": "text_cnn", "embedding_dim": 4,
+           "backbone_kwargs": {"embedding_dim": 4, "filters": 3, "kernel_sizes": [2, 3]}}
+    model = recipe.build_model(cnn, train.hierarchy, train.input_shape, texts=plain.map(lambda x, y: x))
+    assert model.predict(np.array(GLOSSES, dtype=object), verbose=0).shape == (4, train.hierarchy.num_classes)
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['depht'\]"):
         load_dataset("wordnet_glosses", depht=4)
     with pytest.raises(ValueError, match="only by 'wordnet_glosses'"):
