@@ -63,13 +63,13 @@ SCRIPT = textwrap.dedent("""
         return [MistakeSeverity(tree), AverageHierarchicalDistanceAtK(tree, k=2, distance="lca_height"),
                 LevelAccuracy(tree, 0), LevelAccuracy(tree, 1, marginal=True), SuperclassAccuracy(tree)]
     out["ema"] = {}
-    for mode, dynamic in (("ema", True), ("learned", True), ("ema", False)):
+    for mode, dynamic in (("ema", True), ("learned", True)):
         model = build_classifier(backbone, "proxydr", num_classes=5, embedding_dim=4, proxy_mode=mode,
                                  dynamic_scale=dynamic)
         model.compile(optimizer="adam", loss=SimLoss.from_hierarchy(tree), metrics=metric_set())
         head = model.get_layer("head")
         p0, s0 = np.asarray(head._proxies.value).copy(), float(head.scale)
-        history = model.fit(rng.normal(size=(24, 6)).astype("float32"), np.arange(24) % 4, epochs=2,
+        history = model.fit(rng.normal(size=(24, 6)).astype("float32"), np.arange(24) % 4, epochs=1,
                             batch_size=8, verbose=0)
         out["ema"][f"{mode}-{dynamic}"] = dict(
             proxy_change=float(np.abs(np.asarray(head._proxies.value) - p0).max()),
