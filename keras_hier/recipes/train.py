@@ -4,7 +4,16 @@
         --head proxydr --proxy-mode ema --epochs 3 --out runs/fmnist_proxydr
 
 (also `python -m keras_hier.recipes.train`, and `python -m recipes.train` in a
-checkout). The run directory `--out` receives:
+checkout). Texts and KerasHub backbones take the same options:
+
+    keras-hier-train --config cpu_glosses --out runs/glosses      # wordnet_glosses, text_bag
+    keras-hier-train --dataset fashion_mnist --backbone keras_hub:ResNetBackbone \
+        --backbone-kwargs '{"config": {...}}' --backbone-weights resnet.weights.h5
+
+A text backbone (`text_bag`, `text_cnn`) adapts its vocabulary to the
+unshuffled training split (the same on every resume) and its export answers
+plain strings; augmentation is refused for texts. The run directory `--out`
+receives:
 
 - `config.json`: the resolved configuration (a re-run must ask for the same
   training settings; it may change epochs, evaluation and export options);
