@@ -11,7 +11,9 @@ O(block * N + N * K) instead of the O(N^2) of the full-matrix formulation
 NumPy only; importing this module does not import TensorFlow.
 """
 
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -64,24 +66,47 @@ def tree_similarity_for_hs(hierarchy, beta=1.0, distance="path", form="chordal")
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz
 
 
-def _neighbour_blocks(x, k, block_size):
-    """Yields (start, stop, [b, k] neighbour indices) for row blocks of x."""
+def _neighbour_block(x, k, start, stop):
+    """[stop - start, k] nearest other rows of rows start..stop of x (ties: smaller index)."""
     n = x.shape[0]
-    for start in range(0, n, block_size):
-        stop = min(start + block_size, n)
-        sim = x[start:stop] @ x.T  # [b, N]
-        rows = np.arange(stop - start)
-        sim[rows, rows + start] = -np.inf  # never retrieve the query itself
-        np.negative(sim, out=sim)
-        if k < n - 1:
-            part = np.argpartition(sim, k - 1, axis=1)[:, :k]
-        else:
-            part = np.argsort(sim, axis=1)[:, :k]
-        part.sort(axis=1)  # ascending index, so the stable sort below breaks ties by index
-        vals = np.take_along_axis(sim, part, axis=1)
-        del sim
-        order = np.argsort(vals, axis=1, kind="stable")
-        yield start, stop, np.take_along_axis(part, order, axis=1)
+    sim = x[start:stop] @ x.T  # [b, N]
+    rows = np.arange(stop - start)
+    sim[rows, rows + start] = -np.inf  # never retrieve the query itself
+    np.negative(sim, out=sim)
+    if k < n - 1:
+        part = np.argpartition(sim, k - 1, axis=1)[:, :k]
+    else:
+        part = np.argsort(sim, axis=1)[:, :k]
+    part.sort(axis=1)  # ascending index, so the stable sort below breaks ties by index
+    vals = np.take_along_axis(sim, part, axis=1)
+    del sim
+    order = np.argsort(vals, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def _neighbour_blocks(x, k, block_size, workers=None):
+    """Yields (start, stop, [b, k] neighbour indices) for row blocks of x, in order.
+
+    Blocks are computed by `workers` threads (default: the number of CPU
+    cores, at most 4; NumPy's partition and BLAS release the GIL), each
+    holding one [block_size, N] similarity block.
+    """
+    n = x.shape[0]
+    spans = [(start, min(start + block_size, n)) for start in range(0, n, block_size)]
+    workers = min(os.cpu_count() or 1, 4) if workers is None else workers
+    if workers <= 1 or len(spans) == 1:
+        for start, stop in spans:
+            yield start, stop, _neighbour_block(x, k, start, stop)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending = []
+        for start, stop in spans:
+            pending.append((start, stop, pool.submit(_neighbour_block, x, k, start, stop)))
+            if len(pending) > workers:  # bounded: at most workers + 1 blocks in flight
+                first = pending.pop(0)
+                yield first[0], first[1], first[2].result()
+        for start, stop, future in pending:
+            yield start, stop, future.result()
 
 
 def top_k_neighbours(embeddings, k, block_size=256, dtype=np.float64):
