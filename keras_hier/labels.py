@@ -122,11 +122,11 @@ def sparse_labels(y_true, num_classes, name="labels", with_valid=False):
             valid = (y >= 0) & (y < float(num_classes)) & (ops.floor(y) == y)
         else:
             valid = (y >= 0) & (y < num_classes)
-        ids = ops.where(valid, y, ops.zeros_like(y))
+        ids = y
     else:
         raise ValueError(f"{name}: targets must be class ids [B] or [B, 1] or one-hot [B, {num_classes}], "
                          f"got shape {shape}")
-    ids = ops.where(valid, ops.cast(ids, "int32"), 0)
+    ids = ops.where(valid, ops.cast(ids, "int32"), 0)  # a NaN cast to int is arbitrary: replaced here
     if keras.backend.backend() == "tensorflow":
         ids = _tf_refuse(y_true, valid, ids, num_classes, name)
     else:
