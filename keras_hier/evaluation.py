@@ -236,6 +236,10 @@ def class_representatives(model_or_embeddings, data=None, num_classes=None, batc
 
 # ------------------------------------------------------------------ evaluate
 DECODERS = ("argmax", "expected_cost")
+#: Above this many classes `evaluate` scores only the argmax decoder unless `decoders=` asks for more: the
+#: expected-cost decoder costs O(C * depth) per input, about 9x the forward pass of a cheap Dense head at
+#: C = 100 000 (BENCHMARKS.md, scale).
+EXPECTED_COST_MAX_CLASSES = 20_000
 
 
 def _stream(model, dataset, hierarchy, k, distance, batch_size, from_logits, decoders, embedding_model):
@@ -272,7 +276,7 @@ def _stream(model, dataset, hierarchy, k, distance, batch_size, from_logits, dec
 
 
 def evaluate(model, dataset, hierarchy, train_dataset=None, k=5, ks=DEFAULT_KS, distance="path",
-             n_permutations=1000, seed=0, batch_size=256, from_logits=None, decoders=DECODERS,
+             n_permutations=1000, seed=0, batch_size=256, from_logits=None, decoders=None,
              embedding_model=None, retrieval_dtype=np.float32):
     """Runs every measure on a model in one streaming pass and returns a plain dict.
 
@@ -302,7 +306,8 @@ def evaluate(model, dataset, hierarchy, train_dataset=None, k=5, ks=DEFAULT_KS, 
             output (`keras_hier.outputs.resolve_from_logits`). Only the
             expected-cost decoder needs it (rankings are the same).
         decoders: decoders whose predictions are scored in
-            `classification.decoders` (`"argmax"`, `"expected_cost"`).
+            `classification.decoders` (`"argmax"`, `"expected_cost"`); None:
+            both up to `EXPECTED_COST_MAX_CLASSES` classes, argmax only above.
         embedding_model: for subclassed models, a model mapping inputs to embeddings.
         retrieval_dtype: float type of the retrieval similarities.
 
@@ -315,6 +320,8 @@ def evaluate(model, dataset, hierarchy, train_dataset=None, k=5, ks=DEFAULT_KS, 
     """
     check_distance_kind(distance)
     c = hierarchy.num_classes
+    if decoders is None:
+        decoders = DECODERS if c <= EXPECTED_COST_MAX_CLASSES else ("argmax",)
     clock = [time.perf_counter()]
     informed, means, emb, labels, reason = _stream(model, dataset, hierarchy, min(k, c), distance, batch_size,
                                                    from_logits, decoders, embedding_model)
@@ -386,4 +393,4 @@ def _representatives(model, means, train_dataset, c, batch_size, embedding_model
 
 __all__ = ["hierarchy_informed", "hierarchical_inference", "retrieval", "class_representatives",
            "class_means", "head_proxies", "evaluate", "report", "hp_radius", "ClassMeanSums",
-           "superclass_correct", "top_k_predictions", "DECODERS"]
+           "superclass_correct", "top_k_predictions", "DECODERS", "EXPECTED_COST_MAX_CLASSES"]

@@ -344,3 +344,14 @@ def test_sequential_with_a_keras_hier_head():
     emb = np.asarray(model.layers[0](x))
     np.testing.assert_allclose(out["representatives"]["proto"], class_representatives(emb, y, 8)["proto"],
                                atol=1e-5)
+
+
+def test_expected_cost_decoder_only_by_request_at_large_c(monkeypatch):
+    from keras_hier import evaluation
+
+    x, y = _data()
+    monkeypatch.setattr(evaluation, "EXPECTED_COST_MAX_CLASSES", 4)
+    out = evaluate(_model(8), (x, y), tree(), ks=(1,), n_permutations=0)
+    assert "decoders" not in out["classification"]
+    out = evaluate(_model(8), (x, y), tree(), ks=(1,), n_permutations=0, decoders=("argmax", "expected_cost"))
+    assert set(out["classification"]["decoders"]) == {"argmax", "expected_cost"}
