@@ -83,11 +83,11 @@ def main():
     rows = []
     for n in args.sizes:
         x, y = data(n, h)
-        block, t_block, m_block = measure(lambda: retrieval(x, y, h, ks=KS, hs_max_k=250))
+        block, t_block, m_block = measure(lambda x=x, y=y: retrieval(x, y, h, ks=KS, hs_max_k=250))
         row = {"n": n, "t_block": t_block, "m_block": m_block, "ahs": block["ahs"],
                "map": block["map_at_r"], "r1": block["recall_at_k"][1]}
         if n <= args.full_max:
-            full, t_full, m_full = measure(lambda: full_matrix_retrieval(x, y, h))
+            full, t_full, m_full = measure(lambda x=x, y=y: full_matrix_retrieval(x, y, h))
             diff = max(np.max(np.abs(np.asarray(block["hs_curve"]) - full["hs_curve"])),
                        abs(block["ahs"] - full["ahs"]), abs(block["map_at_r"] - full["map_at_r"]),
                        max(abs(block["recall_at_k"][k] - full["recall_at_k"][k]) for k in KS))

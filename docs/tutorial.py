@@ -27,7 +27,6 @@ def main(argv=None):
 
     # --8<-- [start:hierarchy]
     import keras
-    import numpy as np
 
     import keras_hier
     from keras_hier import Hierarchy, hierarchies
