@@ -79,19 +79,9 @@ __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
 #: Keras-serializable classes (registered as "keras_hier>Name") -> defining submodule.
 #: tests/test_package.py checks that this lists every class the submodules register.
-KERAS_SERIALIZABLE = {
-    "SimLoss": "losses",
-    "HierarchicalCrossEntropy": "losses",
-    "SoftLabelCrossEntropy": "losses",
-    "CORRLoss": "losses",
-    "NormFaceHead": "layers",
-    "ProxyDRHead": "layers",
-    "Classifier": "models",
-    "MistakeSeverity": "metrics",
-    "AverageHierarchicalDistanceAtK": "metrics",
-    "LevelAccuracy": "metrics",
-    "SuperclassAccuracy": "metrics",
-}
+KERAS_SERIALIZABLE = {name: _EXPORTS[name] for name in (
+    "SimLoss", "HierarchicalCrossEntropy", "SoftLabelCrossEntropy", "CORRLoss", "NormFaceHead", "ProxyDRHead",
+    "Classifier", "MistakeSeverity", "AverageHierarchicalDistanceAtK", "LevelAccuracy", "SuperclassAccuracy")}
 _KERAS_REGISTRY = "keras.src.saving.object_registration"
 
 

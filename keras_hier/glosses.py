@@ -147,11 +147,11 @@ def noun_records(wordnet_dir=None, cache_dir=None):
         cached = _read_json(path)
         if cached is not None:
             return cached
-    from keras_hier.wordnet import noun_graph
+    from keras_hier import wordnet
 
-    graph = noun_graph(wordnet_dir)
+    graph = wordnet.noun_graph(wordnet_dir)
     glosses = [None] * len(graph.names)
-    for line in _data_noun_lines(wordnet_dir):
+    for line in wordnet.database_lines("data.noun", wordnet_dir):
         if not line.startswith(" "):
             glosses[graph.index_of_offset[int(line[:8])]] = _definition(line)
     missing = [graph.names[i] for i, g in enumerate(glosses) if g is None]
@@ -164,27 +164,6 @@ def noun_records(wordnet_dir=None, cache_dir=None):
         os.makedirs(folder, exist_ok=True)
         atomic_write_json(path, records, indent=None, separators=(",", ":"))
     return records
-
-
-def _data_noun_lines(wordnet_dir):
-    """Lines of WordNet's `data.noun`, found as `keras_hier.wordnet.noun_graph` finds it."""
-    from keras_hier import wordnet
-
-    folders = [os.fspath(wordnet_dir)] if wordnet_dir is not None else []
-    if wordnet_dir is None:
-        import nltk
-
-        try:
-            folders.append(str(nltk.data.find("corpora/wordnet")))
-        except LookupError:
-            pass
-        folders += [os.environ.get("KERAS_HIER_WORDNET"), wordnet.DEBIAN_WORDNET]
-    for folder in folders:
-        if folder and os.path.isfile(os.path.join(folder, "data.noun")):
-            with open(os.path.join(folder, "data.noun"), encoding="utf-8") as f:
-                return f.read().splitlines()
-    with wordnet.get_wordnet(wordnet_dir).open("data.noun") as f:  # a zipped NLTK corpus
-        return [line.decode("utf-8") if isinstance(line, bytes) else line for line in f.read().splitlines()]
 
 
 def _definition(line):

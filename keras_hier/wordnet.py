@@ -29,6 +29,7 @@ import tempfile
 import warnings
 
 __all__ = ["get_wordnet", "class_synsets", "hypernym_path", "wordnet_paths", "collapse_chains", "noun_graph",
+           "database_lines",
            "NounGraph", "LEXNAMES"]
 
 DEBIAN_WORDNET = "/usr/share/wordnet"
@@ -372,7 +373,7 @@ class NounGraph:
         return self.index_of_offset[int(text[1:])]
 
 
-def _database_lines(name, wordnet_dir):
+def database_lines(name, wordnet_dir=None):
     """Lines of a WordNet database file from `wordnet_dir`, NLTK's data or Debian's folder."""
     folders = [os.fspath(wordnet_dir)] if wordnet_dir is not None else []
     if wordnet_dir is None:
@@ -403,14 +404,14 @@ def noun_graph(wordnet_dir=None):
 @functools.lru_cache(maxsize=2)
 def _cached_noun_graph(wordnet_dir):
     senses = {}
-    for line in _database_lines("index.noun", wordnet_dir):
+    for line in database_lines("index.noun", wordnet_dir):
         if line.startswith(" "):
             continue
         fields = line.split()
         num_synsets, num_pointers = int(fields[2]), int(fields[3])
         senses[fields[0]] = [int(offset) for offset in fields[6 + num_pointers: 6 + num_pointers + num_synsets]]
     names, index_of_offset, links, has_children = [], {}, [], []
-    for line in _database_lines("data.noun", wordnet_dir):
+    for line in database_lines("data.noun", wordnet_dir):
         if line.startswith(" "):
             continue
         fields = line.split(" | ", 1)[0].split()
