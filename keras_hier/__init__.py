@@ -29,9 +29,9 @@ _EXPORTS = {
     "ordinal_similarity": "similarity",
     "similarity_from_scores": "similarity",
     "validate_similarity": "similarity",
-    "mds_proxies": "similarity",
-    "tree_factors": "similarity",
-    "TreeFactors": "similarity",
+    "mds_proxies": "mds",
+    "tree_factors": "factorisation",
+    "TreeFactors": "factorisation",
     # losses
     "SimLoss": "losses",
     "HierarchicalCrossEntropy": "losses",
@@ -68,10 +68,13 @@ _EXPORTS = {
     "load_arrays": "data",
     "LoadedData": "data",
     "get_backbone": "backbones",
+    "recompute_batchnorm_statistics": "batchnorm",
 }
 
 _SUBMODULES = (
-    "hierarchy", "hierarchy_io", "hierarchies", "wordnet", "similarity", "ops", "losses", "layers",
+    "hierarchy", "hierarchy_io", "hierarchies", "wordnet", "similarity", "factorisation", "tree_sums", "mds",
+    "geometry", "labels", "outputs", "files", "tree_counts", "ops", "losses", "layers", "batchnorm", "distributed",
+    "glosses", "model_scoring", "streaming_eval", "inference_sampled", "reporting", "export_card",
     "models", "metrics", "evaluation", "inference", "retrieval_metrics", "plots", "decoding", "serving_graph", "export", "data", "backbones",
 )
 

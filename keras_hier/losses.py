@@ -24,7 +24,7 @@ math is float32, also under a mixed-precision policy.
 With a `Hierarchy`, SimLoss, HXE and soft labels never build a [C, C]
 matrix: sum_j S[y, j] p_j = sum_l w_l P_l(anc_l(y)) where P_l are per-node
 sums of the softmax (`keras_hier.tree_sums`, factors from
-`keras_hier.tree_factors`), O(B * nodes).
+`keras_hier.factorisation`), O(B * nodes).
 
 Numerics: sums are formed as sum_j S[y, j] exp(z_j - max z) (one `exp` per
 row, no epsilon inside a log of probabilities). Since S[y, y] = 1, that sum
@@ -47,7 +47,7 @@ from keras_hier.hierarchy import Hierarchy, check_distance_kind
 from keras_hier.labels import sparse_labels
 from keras_hier.outputs import tensor_is_probability, warn_probability_tensor
 from keras_hier.similarity import TREE_RULES, validate_similarity
-from keras_hier.tree_factors import max_tree_distance, tree_factors
+from keras_hier.factorisation import max_tree_distance, tree_factors
 
 __all__ = ["SimLoss", "HierarchicalCrossEntropy", "SoftLabelCrossEntropy", "CORRLoss", "dense_simloss",
            "tree_simloss", "hierarchical_cross_entropy", "soft_label_cross_entropy", "corr_loss",
@@ -156,7 +156,7 @@ def soft_target_simloss(targets_similarity, logits):
 
 
 def tree_simloss(labels, logits, hierarchy, factors):
-    """SimLoss with S factorised over the tree (see `keras_hier.tree_factors`).
+    """SimLoss with S factorised over the tree (see `keras_hier.factorisation`).
 
     Args:
         labels: int [B] class ids.

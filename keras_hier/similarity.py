@@ -199,10 +199,10 @@ def similarity_from_scores(scores=None, lower=0.0, embeddings=None):
 
 
 # ---------------------------------------------------------------------------
-# Moved: the tree factorisation (keras_hier.tree_factors) and spherical MDS
+# Moved: the tree factorisation (keras_hier.factorisation) and spherical MDS
 # (keras_hier.mds); the old names still resolve here, imported on first use.
 # ---------------------------------------------------------------------------
-_MOVED = {"TreeFactors": "tree_factors", "tree_factors": "tree_factors", "max_tree_distance": "tree_factors",
+_MOVED = {"TreeFactors": "factorisation", "tree_factors": "factorisation", "max_tree_distance": "factorisation",
           "mds_proxies": "mds", "mds_target_distances": "mds"}
 
 

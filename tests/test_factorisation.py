@@ -1,4 +1,4 @@
-"""keras_hier.tree_factors: the factorised S equals the dense tree similarity; max distances without [C, C]."""
+"""keras_hier.factorisation: the factorised S equals the dense tree similarity; max distances without [C, C]."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import pytest
 from conftest import random_tree
 from keras_hier import Hierarchy, hierarchies
 from keras_hier.similarity import tree_similarity
-from keras_hier.tree_factors import max_tree_distance, tree_factors
+from keras_hier.factorisation import max_tree_distance, tree_factors
 from roundtrip import make_hard_tree
 
 
