@@ -54,7 +54,7 @@ _EXPORTS = {
     "hierarchy_informed": "evaluation",
     "retrieval": "retrieval_metrics",
     "evaluate": "evaluation",
-    "report": "evaluation",
+    "report": "reporting",
     # figures (matplotlib, the `plot` extra)
     "plot_dendrograms": "plots",
     "plot_distance_matrices": "plots",

@@ -46,6 +46,7 @@ from keras import ops
 from keras_hier.hierarchy import Hierarchy, check_distance_kind
 from keras_hier.labels import sparse_labels
 from keras_hier.outputs import tensor_is_probability
+from keras_hier.streaming_eval import superclass_rule
 
 __all__ = ["MistakeSeverity", "AverageHierarchicalDistanceAtK", "LevelAccuracy", "SuperclassAccuracy",
            "TreeTables", "hierarchy_from_config"]
@@ -121,7 +122,7 @@ class TreeTables:
         The parent of a class at depth d is its ancestor at depth d - 1 (the
         root for a top-level class), so the rule is lca_depth >= d - 1.
         """
-        return ops.greater_equal(self.lca_depth(label, pred), ops.take(self.leaf_depths, label) - 1)
+        return superclass_rule(self.lca_depth(label, pred), ops.take(self.leaf_depths, label))
 
 
 class _HierarchyMetric(keras.metrics.Metric):

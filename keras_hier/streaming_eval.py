@@ -16,7 +16,7 @@ import numpy as np
 
 from keras_hier.tree_counts import check_distance_kind, distance_histogram, kth_smallest_distance, pair_distances
 
-__all__ = ["HP_RULES", "InformedSums", "hp_radius", "superclass_correct", "top_k_predictions"]
+__all__ = ["HP_RULES", "InformedSums", "hp_radius", "superclass_correct", "superclass_rule", "top_k_predictions"]
 
 HP_RULES = ("devise", "reference")
 _SORT_ALL = 512  # below this many classes a full stable argsort is the cheapest top-k
@@ -83,13 +83,20 @@ def superclass_correct(hierarchy, y_true, y_pred):
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     depth = np.asarray(hierarchy.leaf_depths)
-    return _lca_depth(hierarchy, y_true, y_pred) >= depth[y_true] - 1
+    return superclass_rule(hierarchy.lca_depths(y_true, y_pred), depth[y_true])
 
 
-def _lca_depth(hierarchy, a, b):
-    depth = np.asarray(hierarchy.leaf_depths)
-    # path = d_a + d_b - 2 lca
-    return (depth[a] + depth[b] - pair_distances(hierarchy, a, b, "path")) // 2
+def superclass_rule(lca_depth, label_depth):
+    """The superclass rule on depths: the LCA is at least as deep as the label's parent.
+
+    Written with `>=` and `-` only, so NumPy arrays and Keras tensors alike
+    (`keras_hier.metrics.SuperclassAccuracy` calls it on tensors).
+
+    Example:
+    >>> superclass_rule(np.array([2, 1]), np.array([3, 3])).tolist()
+    [True, False]
+    """
+    return lca_depth >= label_depth - 1
 
 
 class InformedSums:

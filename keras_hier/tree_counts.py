@@ -20,25 +20,7 @@ import numpy as np
 __all__ = ["DISTANCE_KINDS", "check_distance_kind", "pair_distances", "distance_histogram",
            "kth_smallest_distance", "tie_ceiling"]
 
-try:  # the hierarchy module's single copy of the rule, once it exists
-    from keras_hier.hierarchy import DISTANCE_KINDS, check_distance_kind
-except ImportError:  # pragma: no cover - until hierarchy.py has it
-    DISTANCE_KINDS = ("path", "lca_height")
-
-    def check_distance_kind(kind):
-        """Returns `kind` if it is a tree distance kind, else raises ValueError."""
-        if kind not in DISTANCE_KINDS:
-            raise ValueError(f"distance must be one of {DISTANCE_KINDS}, got {kind!r}")
-        return kind
-
-_CHUNK = 1 << 18  # pairs per vectorised step (memory ~ CHUNK * depth * 3 bytes)
-
-
-def _lca_depth(hierarchy, a, b):
-    ids = np.asarray(hierarchy.node_ids)
-    mask = np.asarray(hierarchy.level_mask)
-    same = (ids[a] == ids[b]) & mask[a] & mask[b]
-    return same.sum(axis=-1)
+from keras_hier.hierarchy import DISTANCE_KINDS, check_distance_kind
 
 
 def pair_distances(hierarchy, a, b, kind="path"):
@@ -46,8 +28,8 @@ def pair_distances(hierarchy, a, b, kind="path"):
 
     `"path"`: edges between the leaves, d(a) + d(b) - 2 depth(lca);
     `"lca_height"`: height of the lowest common ancestor (0 when a == b).
-    O(depth) per pair, no C x C matrix; uses `hierarchy.distance` when the
-    hierarchy provides it.
+    O(depth) per pair, no C x C matrix (`Hierarchy.distance`, the one home
+    of tree distances).
 
     Example:
 
@@ -56,22 +38,8 @@ def pair_distances(hierarchy, a, b, kind="path"):
     >>> pair_distances(h, [0, 0, 2], [1, 2, 2]).tolist()
     [2, 5, 0]
     """
-    check_distance_kind(kind)
     a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
-    if hasattr(hierarchy, "distance"):
-        return np.asarray(hierarchy.distance(a, b, kind=kind), dtype=np.int32).reshape(a.shape)
-    flat_a, flat_b = a.ravel(), b.ravel()
-    out = np.empty(flat_a.shape, dtype=np.int32)
-    depths = np.asarray(hierarchy.leaf_depths)
-    heights = np.asarray(hierarchy.ancestor_heights()) if kind == "lca_height" else None
-    for start in range(0, flat_a.size, _CHUNK):
-        pa, pb = flat_a[start:start + _CHUNK], flat_b[start:start + _CHUNK]
-        lca = _lca_depth(hierarchy, pa, pb)
-        if kind == "path":
-            out[start:start + _CHUNK] = depths[pa] + depths[pb] - 2 * lca
-        else:
-            out[start:start + _CHUNK] = np.where(pa == pb, 0, heights[pa, lca])
-    return out.reshape(a.shape)
+    return np.asarray(hierarchy.distance(a, b, kind=check_distance_kind(kind)), dtype=np.int32).reshape(a.shape)
 
 
 def _node_counts(hierarchy, level, weights):
