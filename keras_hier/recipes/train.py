@@ -457,10 +457,11 @@ def _finish(model, config, out, write_dir, data, summary):
     train_data, test_data, train_plain = data
     hierarchy = train_data.hierarchy
     save_weights(model, os.path.join(write_dir, "final.weights.h5"))
-    if write_dir != out:  # a worker may leave fit while the chief still writes the last best checkpoint
-        from keras_hier.distributed import barrier
+    # Every worker (the chief too: it is a collective) waits here, so no worker reads the best checkpoint
+    # while the chief may still be writing it; a no-op on one machine.
+    from keras_hier.distributed import barrier
 
-        barrier(model.distribute_strategy)
+    barrier(model.distribute_strategy)
     best = load_best(model, os.path.join(out, "best.weights.h5"))
     if best is not None:
         summary["best"] = best
