@@ -14,20 +14,28 @@ sys.path.insert(0, str(ROOT))
 
 # Names documented besides keras_hier's top-level exports.
 EXTRA = {
-    "hierarchies": ["cifar100", "cifar10", "fashion_mnist"],
+    "hierarchies": ["cifar100", "cifar10", "fashion_mnist", "imagenet1k", "wordnet_nouns"],
     "metrics": None,  # every public class of the module
+    "outputs": ["resolve_from_logits", "model_outputs_probabilities"],
+    "labels": ["class_ids", "sparse_labels"],
+    "geometry": ["normalize_rows", "sphere_distances", "tree_to_chordal", "l2_normalize", "normface_logits",
+                 "proxydr_logits"],
+    "glosses": ["load_glosses"],
+    "distributed": None,
 }
 
 SECTIONS = [
     ("Hierarchy", ["hierarchy", "hierarchies"]),
-    ("Similarity matrices", ["similarity"]),
+    ("Similarity matrices", ["similarity", "factorisation", "mds"]),
+    ("Conventions: labels, logits, sphere geometry", ["labels", "outputs", "geometry"]),
     ("Losses", ["losses"]),
-    ("Heads and models", ["layers", "models"]),
+    ("Heads and models", ["layers", "models", "batchnorm"]),
     ("Metrics (streaming)", ["metrics"]),
-    ("Evaluation", ["evaluation", "inference", "retrieval_metrics"]),
+    ("Evaluation", ["evaluation", "inference", "retrieval_metrics", "reporting"]),
     ("Figures", ["plots"]),
     ("Decoding and export", ["decoding", "export"]),
-    ("Data and backbones", ["data", "backbones"]),
+    ("Data and backbones", ["data", "glosses", "backbones"]),
+    ("Several workers", ["distributed"]),
 ]
 
 
