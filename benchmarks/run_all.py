@@ -2,7 +2,7 @@
 
     python benchmarks/run_all.py [NAME ...]     # e.g. `losses eval`
 
-Takes about an hour on a 2-core CPU; run on a quiet machine.
+Takes about two hours on a 2-core CPU; run on a quiet machine.
 """
 
 import os
@@ -11,7 +11,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHMARKS = ["losses", "heads", "eval", "export", "decoders", "train", "resume"]
+BENCHMARKS = ["losses", "heads", "eval", "export", "decoders", "train", "resume", "hierarchy", "scale", "distributed",
+              "glosses"]
 
 
 def main(argv=None):
