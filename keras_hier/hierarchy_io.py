@@ -207,13 +207,15 @@ def encode_tree(classes, paths, extra=None):
     """
     index, names, parent, leaf = {}, [], [], []
     for path in paths:
-        for k in range(len(path)):
-            key = path[: k + 1]
-            if key not in index:
-                index[key] = len(names)
-                names.append(key[-1])
-                parent.append(index[path[:k]] if k else -1)
-        leaf.append(index[path])
+        node = -1
+        for name in path:  # a node is (its parent's index, its name): O(depth) per class, no prefix tuples
+            child = index.get((node, name))
+            if child is None:
+                child = index[(node, name)] = len(names)
+                names.append(name)
+                parent.append(node)
+            node = child
+        leaf.append(node)
     tree = {"nodes": names, "parent": parent, "leaf": leaf}
     if any(name != path[-1] for name, path in zip(classes, paths)):
         tree["classes"] = list(classes)
