@@ -676,10 +676,9 @@ class SoftLabelCrossEntropy(_HierLoss):
 
     Example:
 
-    >>> import numpy as np
-    >>> from keras_hier import Hierarchy
-    >>> h = Hierarchy.from_paths(["a/x", "a/y", "b/z"])
-    >>> loss = SoftLabelCrossEntropy(h, beta=2.0)
+    >>> import numpy as np, keras_hier
+    >>> tree = keras_hier.Hierarchy.from_paths(["a/x", "a/y", "b/z"])
+    >>> loss = SoftLabelCrossEntropy(tree, beta=2.0)
     >>> round(float(loss(np.array([0]), np.zeros((1, 3)))), 4)  # log 3 for uniform predictions
     1.0986
     """

@@ -195,3 +195,21 @@ def config_from_args(argv=None):
         config = get_config(name, **{k: v for k, v in args.items() if k in DEFAULTS or k in ("ema", "mds", "dynamic")})
     out = out or os.path.join("runs", f"{config['name']}_{config['head']}_s{config['seed']}")
     return config, out
+
+
+def run_command(prog, body):
+    """Runs `body()` for the console command `prog`: a bad input exits 2 with one clear line, no traceback.
+
+    Args:
+        prog: the command's name, for the message (`keras-hier-train`).
+        body: a callable doing the work.
+
+    Returns:
+        0 on success, 2 when `body` raised ValueError, ConnectionError or OSError.
+    """
+    try:
+        body()
+    except (ValueError, ConnectionError, OSError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -24,6 +24,7 @@ import sys
 import numpy as np
 
 from keras_hier.files import atomic_write_json, atomic_write_text
+from keras_hier.recipes.cli import run_command
 
 OPTIONS = {
     "standard": {},
@@ -240,16 +241,15 @@ def main(argv=None):
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    try:
+
+    def body():
         overrides = parse_overrides(args.overrides + [u.lstrip("-") for u in unknown])
         os.makedirs(args.out, exist_ok=True)
         if not args.table_only:
             run_grid(args.config, args.heads, args.options, args.seeds, args.out, overrides)
         print(write_table(args.out))
-    except (ValueError, ConnectionError, OSError) as err:
-        print(f"keras-hier-paper: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command("keras-hier-paper", body)
 
 
 if __name__ == "__main__":

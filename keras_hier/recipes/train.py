@@ -39,7 +39,7 @@ import sys
 import time
 
 from keras_hier.files import atomic_write_json
-from keras_hier.recipes.cli import build_parser, config_from_args
+from keras_hier.recipes.cli import build_parser, config_from_args, run_command
 from keras_hier.recipes.configs import (HEADS, LOSSES, PROXY_MODES, TEXT_DATASETS, config_differences,
                                         is_keras_hub_backbone, is_text_backbone, validate_config)
 
@@ -538,13 +538,7 @@ def main(argv=None):
     """Console entry point (`keras-hier-train`, `python -m keras_hier.recipes.train`)."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        config, out = config_from_args(argv)
-        train(config, out)
-    except (ValueError, ConnectionError, OSError) as err:
-        print(f"keras-hier-train: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("keras-hier-train", lambda: train(*config_from_args(argv)))
 
 
 if __name__ == "__main__":
