@@ -23,7 +23,6 @@ because the 2 cores may be shared).
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import numpy as np
 import pytest
 
 from keras_hier import distributed
+from ports import free_ports
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 DEADLINE = 240.0
@@ -41,15 +41,6 @@ RTOL, ATOL = 1e-3, 1e-5  # float32, different summation orders; the control diff
 
 
 # ------------------------------------------------------------------ processes
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class Cluster:
@@ -57,7 +48,7 @@ class Cluster:
 
     def __init__(self, tmp_path, mode, args, workers=2, env=None):
         self.tmp_path, self.mode, self.args = Path(tmp_path), mode, list(args)
-        ports = _free_ports(workers) if workers else []
+        ports = free_ports(workers) if workers else []
         self.cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
         self.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **(env or {}))
         self.env.pop("TF_CONFIG", None)

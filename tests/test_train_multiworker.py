@@ -3,27 +3,18 @@
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from ports import free_ports
 
 pytest.importorskip("keras_hier.distributed")
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _config(root):
@@ -46,7 +37,7 @@ def _config(root):
 def test_two_workers_train_one_run_written_by_the_chief(tmp_path):
     config, out, scratch = _config(tmp_path), tmp_path / "run", tmp_path / "scratch"
     scratch.mkdir()
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     procs = []
     for index in range(2):
         env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
