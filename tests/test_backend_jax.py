@@ -12,6 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from backend_snippets import PLAIN_MODEL_AND_METRICS
 
 SCRIPT = textwrap.dedent("""
     import json
@@ -77,21 +78,8 @@ SCRIPT = textwrap.dedent("""
             scale_change=abs(float(head.scale) - s0),
             finite=bool(all(np.all(np.isfinite(v)) for v in history.history.values())),
             logs=sorted(history.history))
-    inputs = keras.Input((6,))
-    plain = keras.Model(inputs, ProxyDRHead(5, proxy_mode="ema")(inputs))
-    plain.compile(optimizer="adam", loss=SimLoss.from_hierarchy(tree))
-    try:
-        plain.fit(np.zeros((8, 6), "float32"), np.zeros(8, "int32"), verbose=0)
-        out["plain_error"] = None
-    except RuntimeError as error:
-        out["plain_error"] = str(error)
-    scores = rng.normal(size=(30, 5)).round(1).astype("float32")
-    labels = rng.integers(0, 5, 30)
-    out["metrics"] = []
-    for metric in metric_set():
-        metric.update_state(labels[:16], scores[:16])
-        metric.update_state(labels[16:], scores[16:])
-        out["metrics"].append(float(metric.result()))
+    loss = SimLoss.from_hierarchy(tree)
+""") + PLAIN_MODEL_AND_METRICS + textwrap.dedent("""
     proxies, stress = mds_proxies(tree, 8, steps=50, seed=0)
     out["mds"] = dict(norms=np.linalg.norm(proxies, axis=1).tolist(), stress=stress)
     print("RESULT" + json.dumps(out))

@@ -13,6 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from backend_snippets import PLAIN_MODEL_AND_METRICS
 
 pytest.importorskip("torch")
 
@@ -85,21 +86,7 @@ SCRIPT = textwrap.dedent("""
             model.save(sys.argv[1])
             probe = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
             out["saved_predict"] = np.asarray(model.predict(probe, verbose=0)).tolist()
-    inputs = keras.Input((6,))
-    plain = keras.Model(inputs, ProxyDRHead(5, proxy_mode="ema")(inputs))
-    plain.compile(optimizer="adam", loss=loss)
-    try:
-        plain.fit(np.zeros((8, 6), "float32"), np.zeros(8, "int32"), verbose=0)
-        out["plain_error"] = None
-    except RuntimeError as error:
-        out["plain_error"] = str(error)
-    scores = rng.normal(size=(30, 5)).round(1).astype("float32")
-    labels = rng.integers(0, 5, 30)
-    out["metrics"] = []
-    for metric in metric_set():
-        metric.update_state(labels[:16], scores[:16])
-        metric.update_state(labels[16:], scores[16:])
-        out["metrics"].append(float(metric.result()))
+""") + PLAIN_MODEL_AND_METRICS + textwrap.dedent("""
     print("RESULT" + json.dumps(out))
 """)
 
