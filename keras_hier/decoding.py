@@ -146,8 +146,10 @@ class DecoderTables:
 
         Returns:
             Dict: `bias` [1, C], `e_coef` (float), `leaf_weight` [1, C] and
-            `weights` ([1, n_l], one per level above the classes), `spread` (dense: the transposed membership
-            matrices top-down) or `gathers` (segment: parent ids top-down).
+            `weights` ([1, n_l], one per level above the classes), `parent_bias` [1, n_{L-2}] (the bias of
+            the classes of each node of level L-2: one value per node, as its classes are either all of
+            depth L or one shallower leaf), `spread` (dense: the transposed membership matrices top-down)
+            or `gathers` (segment: parent ids top-down).
         """
         check_distance_kind(cost, "cost")
         h = self.hierarchy
@@ -174,6 +176,11 @@ class DecoderTables:
         terms = {"bias": (-bias).astype(np.float32)[None, :], "e_coef": e_coef,
                  "leaf_weight": negated[-1][self.ancestors[-1]][None, :]}
         terms["weights"] = [w[None, :] for w in negated[:-1]]
+        if self.depth > 1:
+            parent_bias = np.zeros(h.num_nodes(self.depth - 2), np.float32)
+            parent_bias[self.ancestors[-2]] = terms["bias"][0]
+            assert np.array_equal(parent_bias[self.ancestors[-2]], terms["bias"][0])
+            terms["parent_bias"] = parent_bias[None, :]
         if self.dense:
             terms["spread"] = [step.matrix().T.copy() for step in self.steps[::-1]]
         else:
@@ -202,6 +209,9 @@ class _NumpyOps:
     take = staticmethod(lambda table, ids: np.asarray(table)[ids])
     take_columns = staticmethod(lambda x, ids: x[:, ids])
     take_rows = staticmethod(lambda x, ids: np.take_along_axis(x, ids, axis=1))
+    take_along = take_rows  # [B, n] outputs (`take_rows` reads the scores, which a layout may store class-major)
+    line = staticmethod(lambda v: v)  # a [1, n] table as the scores' layout broadcasts it
+    join_nodes = staticmethod(lambda xs: np.concatenate(xs, axis=1))  # marginals of several levels, one array
     concat = staticmethod(lambda xs, axis: np.concatenate(xs, axis=axis))
     argmax = staticmethod(lambda x: np.argmax(x, axis=-1).astype(np.int32))
     minimum = staticmethod(np.minimum)
@@ -250,26 +260,27 @@ def marginals(p, tables, ops):
 def negated_cost(p, levels, tables, cost, ops):
     """[B, C]: -(expected cost - e_coef * E[depth]), the ranking of the `expected_cost` decoder."""
     terms = tables.cost_terms(cost)
+    leaf_weight, bias = ops.line(terms["leaf_weight"]), ops.line(terms["bias"])
     if tables.depth == 1:
-        return p * terms["leaf_weight"] + terms["bias"]
-    weights = terms["weights"]
+        return p * leaf_weight + bias
+    weights = [ops.line(w) for w in terms["weights"]]
     running = levels[0] * weights[0]
     if tables.dense:
         for level in range(1, tables.depth - 1):
             running = ops.matmul(running, terms["spread"][level - 1]) + levels[level] * weights[level]
-        running = ops.matmul(running, terms["spread"][-1])
+        running = ops.matmul(running + ops.line(terms["parent_bias"]), terms["spread"][-1])
     else:
         for level in range(1, tables.depth - 1):
             running = ops.take_columns(running, terms["gathers"][level - 1]) + levels[level] * weights[level]
-        running = ops.take_columns(running, terms["gathers"][-1])
-    return running + p * terms["leaf_weight"] + terms["bias"]
+        running = ops.take_columns(running + ops.line(terms["parent_bias"]), terms["gathers"][-1])
+    return running + p * leaf_weight
 
 
 def chain_scores(p, levels, class_ids, scores, tables, ops):
     """[B, L]: marginals of the chosen classes' ancestors, level 0 first (the class's own score last)."""
     if not levels:
         return scores[:, None]
-    above = ops.take_rows(ops.concat(list(levels), axis=1), ops.take(tables.chain_cols[:, :-1], class_ids))
+    above = ops.take_rows(ops.join_nodes(list(levels)), ops.take(tables.chain_cols[:, :-1], class_ids))
     return ops.concat([above, scores[:, None]], axis=1)
 
 
@@ -281,8 +292,8 @@ def backoff(level_scores, class_ids, threshold, tables, ops):
     """
     count = ops.minimum(ops.count_at_least(level_scores, threshold), ops.take(tables.leaf_depths, class_ids))
     where = count[:, None]
-    score = ops.take_rows(ops.pad_ones_left(level_scores), where)[:, 0]
-    node = ops.take_rows(ops.take(tables.chain_nodes, class_ids), where)[:, 0]
+    score = ops.take_along(ops.pad_ones_left(level_scores), where)[:, 0]
+    node = ops.take_along(ops.take(tables.chain_nodes, class_ids), where)[:, 0]
     return count - 1, node, score
 
 
@@ -298,19 +309,23 @@ def rank(p, levels, tables, decoder, cost, top_k, ops):
 
 
 def decode_probabilities(p, tables, ops=NUMPY_OPS, *, decoder="argmax", cost="path", backoff_threshold=None,
-                         top_k=None, names=False):
+                         top_k=None, names=False, chain=None):
     """The decoders on class probabilities [B, C], with `ops` (NumPy, TensorFlow, ...).
 
-    Arguments are assumed checked (`check_decoder_arguments`).
+    Arguments are assumed checked (`check_decoder_arguments`). `chain`, when
+    given, is `chain(p, class_ids, scores) -> level_scores` [B, L] computing the
+    chosen chains' marginals another way (the serving graph's wide trees); the
+    marginals of every node are then summed only for the `expected_cost` decoder.
 
     Returns:
         Dict as `decode` (without `probabilities`); with `names`, also
         `classes` [B], `level_names` [B, L], `top_k_classes` [B, k] and
         `prediction` [B] (node names; `ROOT_NAME` for the root).
     """
-    levels = marginals(p, tables, ops)
+    levels = marginals(p, tables, ops) if chain is None or decoder == "expected_cost" else None
     class_ids, scores, top_ids, top_scores = rank(p, levels, tables, decoder, cost, top_k, ops)
-    level_scores = chain_scores(p, levels, class_ids, scores, tables, ops)
+    level_scores = chain_scores(p, levels, class_ids, scores, tables, ops) if chain is None \
+        else chain(p, class_ids, scores)
     out = {"class_ids": class_ids, "scores": scores, "level_ids": ops.take(tables.level_ids, class_ids),
            "level_scores": level_scores}
     if top_ids is not None:

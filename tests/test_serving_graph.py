@@ -23,18 +23,25 @@ def ragged_hierarchies(draw):
     return Hierarchy(paths, [p[-1] for p in paths])
 
 
+REGIMES = {  # dense: 0/1 membership matmuls + tf.math.top_k; segment: segment sums + blocked top-k;
+    # class_major: the same on [C, B] scores; runs (argmax): the chosen chains summed from blocks of 3 classes
+    "dense": {"dense_limit": 1 << 40, "topk_min_classes": 1 << 40, "chain_runs": False},
+    "segment": {"dense_limit": 0, "topk_min_classes": 1, "chain_runs": False, "class_major_min_classes": 1 << 40},
+    "class_major": {"dense_limit": 0, "topk_min_classes": 1, "chain_runs": False},
+    "runs": {"dense_limit": 0, "topk_min_classes": 1, "chain_runs": 3},
+}
+
+
 def served(h, logits, regime, **kwargs):
-    # dense: 0/1 membership matmuls + tf.math.top_k; segment: sorted segment sums + blocked top-k
-    forced = {"dense_limit": 1 << 40, "topk_min_classes": 1 << 40} if regime == "dense" else \
-        {"dense_limit": 0, "topk_min_classes": 1}
+    forced = REGIMES[regime]
     fn = serving_graph.serving_decoder(h, **kwargs, **forced)
     return {key: v.numpy() for key, v in tf.function(fn, autograph=False)(tf.constant(logits)).items()}
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(h=ragged_hierarchies(), decoder=st.sampled_from(decoding.DECODERS), cost=st.sampled_from(decoding.COSTS),
        threshold=st.floats(0.2, 0.95), k=st.integers(1, 4), seed=st.integers(0, 1000),
-       regime=st.sampled_from(["dense", "segment"]))
+       regime=st.sampled_from(list(REGIMES)))
 def test_serving_decoder_equals_decode_in_both_layouts(h, decoder, cost, threshold, k, seed, regime):
     logits = (np.random.default_rng(seed).normal(size=(6, h.num_classes)) * 3).astype(np.float32)
     out = served(h, logits, regime, decoder=decoder, cost=cost, backoff_threshold=threshold, top_k=k)
@@ -59,11 +66,13 @@ def test_serving_decoder_equals_decode_in_both_layouts(h, decoder, cost, thresho
     assert out["prediction"].astype(str).tolist() == names
 
 
-@pytest.mark.parametrize("regime", ["dense", "segment"])
+@pytest.mark.parametrize("regime", list(REGIMES))
 def test_empty_batch_and_probability_inputs(regime):
     h = Hierarchy.from_paths(["a/b/x", "a/b/y", "a/z", "q"])
-    out = served(h, np.zeros((0, 4), np.float32), regime, decoder="expected_cost", backoff_threshold=0.5, top_k=2)
+    decoder = "argmax" if regime == "runs" else "expected_cost"
+    out = served(h, np.zeros((0, 4), np.float32), regime, decoder=decoder, backoff_threshold=0.5, top_k=2)
     assert out["class_ids"].shape == (0,) and out["top_k_classes"].shape == (0, 2) and out["prediction"].shape == (0,)
+    assert out["level_1_scores"].shape == (0,)
     p = np.array([[0.1, 0.2, 0.3, 0.4]], np.float32)
     out = served(h, p, regime, from_logits=False)
     np.testing.assert_allclose(out["scores"], [0.4]) and np.testing.assert_allclose(out["level_0_scores"], [0.6])
@@ -86,3 +95,40 @@ def test_refuses_bad_arguments():
         serving_graph.serving_decoder(h, top_k=0)
     with pytest.raises(TypeError, match="keras_hier.Hierarchy"):
         serving_graph.serving_decoder(h.to_dict())
+
+
+@pytest.mark.parametrize("block,shuffle", [(7, False), (7, True), (64, True), (1000, False)])
+def test_chain_runs_give_the_chains_marginals(block, shuffle):
+    """Chains summed from block sums and runs of class ids equal the bottom-up NumPy marginals, on a ragged tree
+    whose nodes hold several runs (shallow classes in between; shuffled class order), parents never below."""
+    rng = np.random.default_rng(block)
+    paths = [(f"g{c % 3}", f"f{c // 9}", f"c{c}") if c % 5 else (f"g{c % 3}", f"c{c}") for c in range(300)]
+    if shuffle:
+        paths = [paths[i] for i in rng.permutation(len(paths))]
+    h = Hierarchy(paths, [p[-1] for p in paths])
+    tables = decoding.DecoderTables(h)
+    runs = serving_graph.ChainRuns(tables, block)
+    p = rng.dirichlet(np.full(h.num_classes, 0.05), size=40).astype(np.float32)
+    p[0] = 0.0
+    p[0, 5] = 1.0  # zeros next to a one
+    class_ids = rng.integers(0, h.num_classes, size=40).astype(np.int32)
+    got = runs(tf.constant(p), tf.constant(class_ids), tf.constant(p[np.arange(40), class_ids])).numpy()
+    levels = decoding.level_marginals(p, h)
+    want = np.stack([levels[level][np.arange(40), h.ancestors(level)[class_ids]] for level in range(h.depth)], 1)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    assert np.all(got[:, :-1] >= got[:, 1:])
+    np.testing.assert_array_equal(got[:, -1], p[np.arange(40), class_ids])
+
+
+def test_level_runs_cover_every_class_once():
+    ancestors = np.random.default_rng(0).integers(0, 12, size=500)
+    ancestors[ancestors == 3] = 4  # a node id with no class is an empty row
+    table = serving_graph.level_runs(ancestors, 16)
+    covered = np.zeros(500, int)
+    for node in range(table.shape[0]):
+        for head, lo, hi, last, _, end, mid_lo, mid_hi in table[node]:
+            classes = [head * 16 + c for c in range(lo, hi)] + [last * 16 + c for c in range(end)] + \
+                list(range(mid_lo * 16, mid_hi * 16))
+            assert np.all(ancestors[classes] == node)
+            covered[classes] += 1
+    np.testing.assert_array_equal(covered, 1)
