@@ -114,6 +114,39 @@ def _safe_log(sum_value, log_floor):
     return ops.maximum(log_sum, log_floor)
 
 
+def _tree_softmax(logits, labels, hierarchy, column_scale=None):
+    """The softmax's sums on each label's path, up to one factor per sample.
+
+    Returns (path [B, depth], root [B], log_total [B], log_target [B]) with
+    path / root the sums of u * column_scale under the path's nodes / all
+    classes, log_total = log sum_c u_c and log_target = log u_y, for u
+    proportional to softmax(logits): on TensorFlow's large trees u = p
+    (`tree_sums.softmax_path_sums`, fused), else u = exp(z - max z).
+    """
+    z = float32(logits)
+    if tree_sums.fused_path_sums(hierarchy) and z.shape[0] != 0:
+        path, root, log_target = tree_sums.softmax_path_sums(z, labels, hierarchy, column_scale)
+        return path, root, ops.zeros_like(log_target), log_target
+    shifted, target = _with_target(_shifted(z), labels)
+    path, root, total = tree_sums.scaled_path_sums(ops.exp(shifted), labels, hierarchy, column_scale,
+                                                   ops.exp(target))
+    return path, root, ops.log(total), target
+
+
+def _logsumexp(z):
+    """logsumexp over the last axis; on TensorFlow one softmax forward and one multiplication backward."""
+    if keras.backend.backend() != "tensorflow" or z.shape[0] == 0:
+        return ops.logsumexp(z, axis=-1)
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def logsumexp(x):
+        p, value = tree_sums.softmax_logsumexp(x)
+        return value, lambda upstream: upstream[:, None] * p
+
+    return logsumexp(z)
+
+
 def _log_weights(r):
     """log r with log 0 = _LOG_ZERO (r >= 0, no gradient needed)."""
     return ops.where(r > 0, ops.log(ops.maximum(r, _TINY)), _LOG_ZERO)
@@ -168,21 +201,10 @@ def tree_simloss(labels, logits, hierarchy, factors):
         float32 [B], equal to `dense_simloss` with S = factors.dense(hierarchy),
         in O(B * nodes) time and memory.
     """
-    plan = tree_sums.tree_plan(hierarchy)
-    shifted, target = _with_target(_shifted(float32(logits)), labels)
-    e = ops.exp(shifted)
-    label_value = ops.exp(target)
+    path, root, log_total, log_target = _tree_softmax(logits, labels, hierarchy, factors.column_scale)
     weights = ops.take(factors.weights, labels, axis=0)  # [B, depth + 1]
-    if np.all(factors.column_scale == 1.0):
-        path, total = tree_sums.path_sums(e, labels, plan, label_value, with_total=True)
-        root = total
-    else:
-        total = ops.sum(e, axis=-1)
-        scaled = e * ops.convert_to_tensor(factors.column_scale)
-        scaled_label = label_value * ops.take(factors.column_scale, labels, axis=0)
-        path, root = tree_sums.path_sums(scaled, labels, plan, scaled_label, with_total=True)
     numerator = weights[:, 0] * root + ops.sum(weights[:, 1:] * path, axis=-1)
-    return ops.log(total) - _safe_log(numerator, target)
+    return log_total - _safe_log(numerator, log_target)
 
 
 def tree_similarity_targets(targets, hierarchy, factors):
@@ -224,13 +246,9 @@ def hierarchical_cross_entropy(labels, logits, hierarchy, level_weights):
     Returns:
         float32 [B].
     """
-    plan = tree_sums.tree_plan(hierarchy)
-    shifted, target = _with_target(_shifted(float32(logits)), labels)
-    e = ops.exp(shifted)
-    floor = ops.expand_dims(target, -1)
-    path, total = tree_sums.path_sums(e, labels, plan, ops.exp(target), with_total=True)
-    log_path = _safe_log(path, floor)  # [B, depth]
-    log_all = ops.concatenate([ops.log(ops.expand_dims(total, -1)), log_path], axis=-1)
+    path, _, log_total, log_target = _tree_softmax(logits, labels, hierarchy)
+    log_path = _safe_log(path, ops.expand_dims(log_target, -1))  # [B, depth]
+    log_all = ops.concatenate([ops.expand_dims(log_total, -1), log_path], axis=-1)
     conditional = log_all[:, 1:] - log_all[:, :-1]
     return -ops.sum(ops.take(level_weights, labels, axis=0) * conditional, axis=-1)
 
@@ -289,17 +307,11 @@ def soft_label_cross_entropy(labels, logits, hierarchy, factors, row_sums):
         float32 [B], logsumexp(z) - sum_j q_j z_j.
     """
     plan = tree_sums.tree_plan(hierarchy)
-    z = float32(logits)
-    scaled = z
-    if not np.all(factors.column_scale == 1.0):
-        scaled = z * ops.convert_to_tensor(factors.column_scale)
     weights = ops.take(factors.weights, labels, axis=0)
-    scaled, scaled_target = _with_target(scaled, labels)
-    path, root = tree_sums.path_sums(scaled, labels, plan, scaled_target, with_total=True)
+    z = float32(logits)
+    path, root, _ = tree_sums.scaled_path_sums(z, labels, plan, factors.column_scale)
     expected = weights[:, 0] * root + ops.sum(weights[:, 1:] * path, axis=-1)
-    shift = ops.stop_gradient(ops.max(z, axis=-1, initial=-np.inf))
-    log_total = ops.log(ops.sum(ops.exp(z - ops.expand_dims(shift, -1)), axis=-1)) + shift
-    return log_total - expected / ops.take(row_sums, labels, axis=0)
+    return _logsumexp(z) - expected / ops.take(row_sums, labels, axis=0)
 
 
 def corr_loss(labels, cosine_logits, scale=1.0):

@@ -127,3 +127,93 @@ def test_plan_tables_follow_the_hierarchy_tables():
                 assert members.tolist() == [plan.node_class[node_id]]
             else:
                 assert len(members) >= 2 or h.num_classes == 1
+
+
+FUSED_TREES = [
+    ["a/b/x", "a/b/y", "a/c/z", "a/c/w", "d/e/u", "d/e/v", "d/f/s", "d/f/t/q", "d/f/t/r"],
+    ["x", "y", "a/b/z", "a/b/w", "c/d/e/v"],  # classes with no branching ancestor, a chain
+    ["p/q/r/s", "p/q/r/t", "p/u"],  # one top node: every class under a chain from the top
+]
+
+
+def reference_path_sums(values, labels, h, scale):
+    """(path, scaled total, total) of values * scale, from the node ids alone (float64)."""
+    scaled = values * scale
+    nodes = reference_node_sums(scaled, h)
+    path = np.stack([nodes[b, h.node_ids[y]] for b, y in enumerate(labels)])
+    return path, scaled.sum(axis=1), values.sum(axis=1)
+
+
+def reference_softmax_path_sums(logits, labels, h, scale):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    path, scaled_total, _ = reference_path_sums(p, labels, h, scale)
+    return path, scaled_total, np.log(p[np.arange(len(labels)), labels])
+
+
+def numeric_gradient(function, x, weights, step=1e-6):
+    """d/dx of sum_k <weights_k, function(x)_k>, central differences in float64."""
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[index] += step
+        minus[index] -= step
+        grad[index] = sum(np.sum(w * (a - b)) for w, a, b in zip(weights, function(plus), function(minus))) / (2 * step)
+    return grad
+
+
+@pytest.mark.parametrize("paths", FUSED_TREES + [None])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_scaled_and_softmax_path_sums_and_their_gradients_match_numpy(paths, scaled, schedule):
+    import tensorflow as tf
+
+    h = random_tree(11, num_classes=14) if paths is None else Hierarchy.from_paths(paths)
+    rng = np.random.default_rng(1)
+    batch = 4
+    scale = rng.choice([0.5, 1.0, 2.0], h.num_classes) if scaled else np.ones(h.num_classes)
+    labels = rng.integers(0, h.num_classes, batch)
+    values = rng.normal(size=(batch, h.num_classes))
+    weights = [rng.normal(size=(batch, h.depth)), rng.normal(size=batch), rng.normal(size=batch)]
+
+    x = tf.constant(values, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        got = kh_ops.scaled_path_sums(x, tf.constant(labels, tf.int32), h, scale.astype(np.float32) if scaled else None)
+        objective = sum(tf.reduce_sum(w * g) for w, g in zip(weights, got))
+    ref = reference_path_sums(values, labels, h, scale)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tape.gradient(objective, x).numpy(),
+                               numeric_gradient(lambda v: reference_path_sums(v, labels, h, scale), values, weights),
+                               rtol=1e-4, atol=1e-4)
+
+    assert kh_ops.fused_path_sums(h) == (schedule == "cascade")
+    if schedule != "cascade":  # the softmax form is the fused TensorFlow path only
+        return
+    logits = values * 3
+    z = tf.constant(logits, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        got = kh_ops.softmax_path_sums(z, tf.constant(labels, tf.int32), h, scale.astype(np.float32))
+        objective = sum(tf.reduce_sum(w * g) for w, g in zip(weights, got))
+    ref = reference_softmax_path_sums(logits, labels, h, scale)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-5)
+    numeric = numeric_gradient(lambda v: reference_softmax_path_sums(v, labels, h, scale), logits, weights)
+    np.testing.assert_allclose(tape.gradient(objective, z).numpy(), numeric, rtol=1e-4, atol=1e-4)
+
+
+def test_softmax_path_sums_keep_log_target_exact_when_it_underflows(schedule):
+    import tensorflow as tf
+
+    h = Hierarchy.from_paths(FUSED_TREES[0])
+    if schedule != "cascade":
+        assert not kh_ops.fused_path_sums(h)
+        return
+    logits = np.zeros((2, h.num_classes), np.float32)
+    logits[:, 0] = 200.0  # p of every other class underflows to 0 in float32
+    labels = np.array([3, 0])
+    path, _, log_target = kh_ops.softmax_path_sums(tf.constant(logits), tf.constant(labels, tf.int32), h)
+    expected = logits[np.arange(2), labels] - (200.0 + np.log1p((h.num_classes - 1) * np.exp(-200.0)))
+    np.testing.assert_allclose(log_target.numpy(), expected, rtol=1e-6)
+    assert path.numpy()[0, -1] == 0.0 and np.all(np.isfinite(path.numpy()))
