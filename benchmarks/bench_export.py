@@ -11,6 +11,7 @@ table gives the median and the minimum over the calls.
 
     .venv/bin/python benchmarks/bench_export.py            # full run, writes BENCHMARKS.md
     .venv/bin/python benchmarks/bench_export.py --quick    # a few seconds per row, no BENCHMARKS.md
+    .venv/bin/python benchmarks/bench_export.py --classes 100000 --batches 256   # a subset, no BENCHMARKS.md
 """
 
 import argparse
@@ -100,13 +101,13 @@ def measure(functions, x, calls):
     return [float(np.median(t)) for t in times], [float(np.min(t)) for t in times]
 
 
-def setups(quick):
+def setups(quick, sizes=(100, 10_000, 100_000)):
     cifar = hierarchies.cifar100()
     tiny = "3-conv CNN (32-64-128), Dense head"
     real = "`small_cnn` + ProxyDR head"
     rows = [(f"CIFAR-100 tree (C = 100, 4 levels), {tiny}", cifar, tiny_cnn),
-            (f"CIFAR-100 tree (C = 100, 4 levels), {real}", cifar, realistic)]
-    for size in (10_000, 100_000):
+            (f"CIFAR-100 tree (C = 100, 4 levels), {real}", cifar, realistic)] if 100 in sizes else []
+    for size in (s for s in sizes if s != 100):
         h = synthetic_hierarchy(size)
         label = f"synthetic ragged tree (C = {size:,}".replace(",", " ") + f", {h.depth} levels)"
         rows.append((f"{label}, {tiny}", h, tiny_cnn))
@@ -115,19 +116,19 @@ def setups(quick):
     return rows
 
 
-def bench_setup(label, hierarchy, build, tmp, index, quick):
+def bench_setup(label, hierarchy, build, tmp, index, quick, batches=(1, 256), decoders=("argmax", "expected_cost")):
     model = build(hierarchy.num_classes) if build is tiny_cnn else build(hierarchy)
     plain = tf.saved_model.load(plain_argmax_export(model, os.path.join(tmp, f"plain{index}")))
     variants = []
-    for decoder in ("argmax", "expected_cost"):
+    for decoder in decoders:
         path = export.export_saved_model(model, hierarchy, os.path.join(tmp, f"hier{index}_{decoder}"),
                                          decoder=decoder, backoff_threshold=0.5, top_k=5)
         variants.append(tf.saved_model.load(path).signatures["serving_default"])
     rows = []
-    for batch in (1, 256):
+    for batch in batches:
         x = np.random.default_rng(batch).uniform(0, 1, size=(batch, *SHAPE)).astype(np.float32)
         calls = (30 if batch == 1 else 4) if quick else (400 if batch == 1 else 30)
-        for name, variant in zip(("argmax", "expected_cost"), variants):
+        for name, variant in zip(decoders, variants):
             medians, minima = measure([plain.signatures["serving_default"], variant], x, calls)
             rows.append((label, batch, name, medians, minima))
             print(f"{label} batch {batch} {name}: plain {medians[0] * 1e3:.3f} ms, keras_hier "
@@ -139,11 +140,17 @@ def bench_setup(label, hierarchy, build, tmp, index, quick):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short run, results not written")
+    parser.add_argument("--classes", type=int, nargs="+", default=[100, 10_000, 100_000],
+                        help="only these tree sizes (results not written unless all)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 256], help="batch sizes")
+    parser.add_argument("--decoders", nargs="+", default=["argmax", "expected_cost"], help="keras_hier decoders")
     args = parser.parse_args(argv)
+    partial = (sorted(args.classes) != [100, 10_000, 100_000] or sorted(args.batches) != [1, 256]
+               or sorted(args.decoders) != ["argmax", "expected_cost"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for index, (label, hierarchy, build) in enumerate(setups(args.quick)):
-            rows += bench_setup(label, hierarchy, build, tmp, index, args.quick)
+        for index, (label, hierarchy, build) in enumerate(setups(args.quick, args.classes)):
+            rows += bench_setup(label, hierarchy, build, tmp, index, args.quick, args.batches, args.decoders)
     table = ["| model | batch | keras_hier decoder | plain argmax (median / min) | keras_hier (median / min) "
              "| ratio median | ratio min |", "|---|---|---|---|---|---|---|"]
     for label, batch, name, medians, minima in rows:
@@ -158,7 +165,7 @@ def main(argv=None):
              "top-5, per-level ids/names/marginals and back-off, after its input checks (shape, NaN/inf, empty "
              "batch). The two sides alternate call by call. Target: keras_hier within 1.10x of plain "
              "(issue 9: C = 100 and 10 000; issue 14: C = 100 000), batch 1 and 256.", "", *table]
-    publish("export", lines, write=not args.quick)
+    publish("export", lines, write=not (args.quick or partial))
 
 
 if __name__ == "__main__":

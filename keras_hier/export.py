@@ -221,13 +221,13 @@ def _signature_functions(model, hierarchy, options):
 
 def _scores(model, tensors, hierarchy):
     """[B, C] model scores; an empty batch gives [0, C] (Keras layers fail on 0 rows: one filler row is
-    run and dropped)."""
+    run and dropped). The filler is chosen by a cond on the inputs only (no copy of a non-empty batch)."""
     import tensorflow as tf
 
     batch = tf.shape(tensors[0])[0]
-    extra = tf.cast(tf.equal(batch, 0), tf.int32)
-    padded = [tf.concat([t, tf.zeros(tf.concat([[extra], tf.shape(t)[1:]], 0), t.dtype)], 0) for t in tensors]
-    scores = model(padded[0] if len(padded) == 1 else _pack(model, padded), training=False)
+    tensors = tf.cond(tf.equal(batch, 0), lambda: [tf.zeros(tf.concat([[1], tf.shape(t)[1:]], 0), t.dtype)
+                                                   for t in tensors], lambda: list(tensors))
+    scores = model(tensors[0] if len(tensors) == 1 else _pack(model, tensors), training=False)
     return tf.ensure_shape(scores[:batch], [None, hierarchy.num_classes])
 
 

@@ -7,8 +7,11 @@ primitives; this module gives those primitives in TensorFlow
 call: probabilities -> the signature's outputs (names included). Serving is
 latency-bound (per-op overhead dominates at batch 1), so the primitives are
 the cheapest TF forms: `tf.gather(..., batch_dims=1)`, 0/1 membership
-matmuls for small trees and segment sums for large ones, and a blocked top-k
-for wide rows. `decode_images` turns the `serving_bytes` strings into model
+matmuls for small trees, and a blocked top-k for wide rows. Trees past the
+dense limit avoid passes over [B, C]: the argmax decoder sums only the
+chosen chains from blocks of the row (`ChainRuns`; no node sums at all),
+the expected-cost decoder runs class-major (`_ClassMajorOps`: one transpose,
+then sorted segment sums and row gathers along axis 0). `decode_images` turns the `serving_bytes` strings into model
 inputs, refusing (by batch index) images that are not JPEG/PNG/GIF/BMP or
 are larger than a pixel limit, read from the header before decoding.
 """
@@ -19,18 +22,20 @@ import numpy as np
 
 from keras_hier import decoding
 
-__all__ = ["TENSORFLOW_OPS", "serving_decoder", "blocked_top_k", "block_size", "ChainRuns", "TOPK_MIN_CLASSES",
-           "MAX_CHAIN_RUNS", "decode_images", "image_header_pixels"]
+__all__ = ["TENSORFLOW_OPS", "serving_decoder", "blocked_top_k", "block_size", "gather_block_size", "ChainRuns",
+           "level_runs", "TOPK_MIN_CLASSES", "MAX_CHAIN_RUNS", "decode_images", "image_header_pixels"]
 
 #: From this many classes top-k is blocked (tf.math.top_k is slow on wide rows).
 TOPK_MIN_CLASSES = 1024
+#: Trees past the dense limit are decoded class-major (`_ClassMajorOps`) from this many classes.
+CLASS_MAJOR_MIN_CLASSES = 0
 #: Most runs of consecutive class ids over the nodes of one chain for `ChainRuns` (else segment sums).
 MAX_CHAIN_RUNS = 32
 
 
 def block_size(width):
-    """Columns per block of a wide row: a divisor of `width` near sqrt(width) when there is one (reshaping
-    [B, width] into blocks is then free; otherwise the row is padded, one copy).
+    """Columns per block of a wide row: a divisor of `width` within 2x of sqrt(width) when there is one
+    (reshaping [B, width] into blocks is then free; otherwise the row is padded, one copy).
 
     Example:
 
@@ -38,7 +43,7 @@ def block_size(width):
     (400, 100, 100)
     """
     target = math.sqrt(width)
-    divisors = [d for d in range(2, 1025) if width % d == 0]
+    divisors = [d for d in range(2, 1025) if width % d == 0 and abs(math.log(d / target)) <= math.log(2.0)]
     if divisors:
         return min(divisors, key=lambda d: abs(math.log(d / target)))
     return int(min(1024.0, max(2.0, round(target))))
@@ -185,7 +190,7 @@ class _ClassMajorOps(_TensorFlowOps):
         return self.tf.concat(xs, axis=0)
 
     def argmax(self, x):
-        return self.tf.argmax(x, axis=0, output_type=self.tf.int32)
+        return self.top_k(x, 1)[1][:, 0]  # tf.argmax over axis 0 of [C, B] was measured 5x slower
 
     def segment_sum(self, x, step):
         """Rows summed per parent: sorted segment sums (rows gathered in parent order first when needed,
@@ -199,7 +204,7 @@ class _ClassMajorOps(_TensorFlowOps):
         transposed blocks (same ids and tie order as tf.math.top_k of the rows)."""
         tf = self.tf
         width = x.shape[0]
-        block = block_size(width)
+        block = gather_block_size(width)  # the candidates are gathered one by one: smaller blocks than by rows
         groups = -(-width // block)
         if width < self.topk_min_classes or groups < k:
             return tf.math.top_k(tf.transpose(x), k)
@@ -212,35 +217,44 @@ class _ClassMajorOps(_TensorFlowOps):
 
 
 class ChainRuns:
-    """The marginals of one ancestor chain per row from column block sums (wide trees, the argmax decoder).
+    """The marginals of one ancestor chain per row, from blocks of the row (wide trees, the argmax decoder).
 
     Summing every node of a wide tree runs over the class axis of [B, C]
     (a transpose and a segment sum); the argmax decoder needs only the
     chosen class's chain. Each node's classes are a few runs of consecutive
-    class ids (`level_runs`, built once); a run sums the block sums of the
-    blocks it covers (a float64 prefix over [B, C / block]) plus the masked
-    rows of its first and last blocks. A node's marginal is then the sum of
-    its runs, and a running maximum from the class up keeps a parent never
-    below its child despite rounding (as the bottom-up sums do exactly).
+    class ids (`level_runs`, built once), cut into rows of `block` columns
+    of [B, C]: masked first and last blocks, whole blocks in between. When
+    a chain's rows hold at most `GATHER_SHARE` of a row, they are gathered
+    and summed (nothing else reads [B, C]); else the whole blocks come from
+    block sums (one pass over [B, C], a float64 prefix). A node's marginal
+    is the sum of its rows, and a running maximum from the class up keeps a
+    parent never below its child despite rounding (as the bottom-up sums
+    do exactly).
 
     Args:
         tables: the `keras_hier.decoding.DecoderTables`.
-        block: columns per block (`block_size`).
+        block: columns per block (`gather_block_size`).
 
-    Attributes: `block`, `groups` (blocks per row), `runs` (one int32
-    [n_l, R_l, 8] table per level above the classes), `num_runs` (the
-    longest chain's runs, sum of R_l).
+    Attributes (one int32 table per level above the classes): `block`,
+    `edges` [n_l, E_l, 3] (block, first column, end column), `wholes`
+    [n_l, W_l, 2] ((block, 1) or (0, 0): gathered) or `middles` [n_l, R_l, 2]
+    (block ranges: from block sums), `num_runs` (the longest chain's runs).
     """
+
+    GATHER_SHARE = 1 / 3
 
     def __init__(self, tables, block):
         self.block, self.depth = int(block), tables.depth
-        self.groups = -(-tables.num_classes // self.block)
         self.level_ids = tables.level_ids[:, :-1]
-        self.runs = [level_runs(tables.ancestors[level], self.block) for level in range(self.depth - 1)]
-        sizes = [table.shape[1] for table in self.runs]
-        self.num_runs = sum(sizes)
-        level_of_run = np.repeat(np.arange(self.depth - 1), sizes)
-        self.run_levels = (level_of_run[:, None] == np.arange(self.depth - 1)).astype(np.float64)  # [T, L-1]
+        runs = [level_runs(tables.ancestors[level], self.block) for level in range(self.depth - 1)]
+        self.num_runs = sum(table.shape[1] for table in runs)
+        self.edges = [_nonempty(table[:, :, :6].reshape(len(table), -1, 3)) for table in runs]
+        self.wholes = [_whole_blocks(table) for table in runs]
+        self.middles = None
+        if sum(t.shape[1] for t in self.wholes) * self.block >= self.GATHER_SHARE * tables.num_classes:
+            self.wholes, self.middles = None, [table[:, :, 6:] for table in runs]
+        self.edge_levels = _level_matrix([t.shape[1] for t in self.edges])
+        self.whole_levels = _level_matrix([t.shape[1] for t in self.middles or self.wholes])
         self.below = np.arange(self.depth)[None, :] >= np.arange(self.depth)[:, None]  # [L, L]: l' >= l
 
     def __call__(self, p, class_ids, scores):
@@ -250,20 +264,69 @@ class ChainRuns:
         if self.depth == 1:
             return scores[:, None]
         blocks = row_blocks(p, self.block, 0.0)
-        prefix = tf.math.cumsum(tf.cast(tf.reduce_sum(blocks, axis=2), tf.float64), axis=1)
-        prefix = tf.pad(prefix, [[0, 0], [1, 0]])  # [B, groups + 1]: sum of the blocks before each
         nodes = tf.unstack(tf.gather(self.level_ids, class_ids), num=self.depth - 1, axis=1)
-        runs = tf.concat([tf.gather(table, ids) for table, ids in zip(self.runs, nodes)], axis=1)  # [B, T, 8]
-        edges = tf.reshape(runs[:, :, :6], [-1, 2 * self.num_runs, 3])  # (block, first column, end column)
-        rows = tf.gather(blocks, edges[:, :, 0], batch_dims=1)  # [B, 2T, block]
+
+        def rows(tables):
+            return tf.concat([tf.gather(table, ids) for table, ids in zip(tables, nodes)], axis=1)
+
+        edges = rows(self.edges)  # [B, E, 3]: (block, first column, end column)
         column = tf.range(self.block)
         inside = (column >= edges[:, :, 1:2]) & (column < edges[:, :, 2:3])
-        edge_sums = tf.reshape(tf.reduce_sum(tf.where(inside, rows, 0.0), axis=2), [-1, self.num_runs, 2])
-        middle = tf.gather(prefix, runs[:, :, 7], batch_dims=1) - tf.gather(prefix, runs[:, :, 6], batch_dims=1)
-        per_run = middle + tf.cast(tf.reduce_sum(edge_sums, axis=2), tf.float64)
-        nodes = tf.cast(tf.matmul(per_run, self.run_levels), tf.float32)  # [B, L-1]
-        chain = tf.concat([nodes, scores[:, None]], axis=1)
+        edge_sums = tf.reduce_sum(tf.where(inside, tf.gather(blocks, edges[:, :, 0], batch_dims=1), 0.0), axis=2)
+        total = tf.matmul(tf.cast(edge_sums, tf.float64), self.edge_levels)  # [B, L-1]
+        if self.middles is None:
+            wholes = rows(self.wholes)  # [B, W, 2]: (block, 1) or (0, 0)
+            sums = tf.reduce_sum(tf.gather(blocks, wholes[:, :, 0], batch_dims=1), axis=2)
+            sums = tf.cast(sums, tf.float64) * tf.cast(wholes[:, :, 1], tf.float64)
+        else:
+            prefix = tf.math.cumsum(tf.cast(tf.reduce_sum(blocks, axis=2), tf.float64), axis=1)
+            prefix = tf.pad(prefix, [[0, 0], [1, 0]])  # [B, groups + 1]: sum of the blocks before each
+            middles = rows(self.middles)
+            sums = tf.gather(prefix, middles[:, :, 1], batch_dims=1) - tf.gather(prefix, middles[:, :, 0], batch_dims=1)
+        total += tf.matmul(sums, self.whole_levels)
+        chain = tf.concat([tf.cast(total, tf.float32), scores[:, None]], axis=1)
         return tf.reduce_max(tf.where(self.below, chain[:, None, :], 0.0), axis=2)
+
+
+def gather_block_size(width, target=100):
+    """Columns per block when blocks are gathered (`ChainRuns`, class-major top-k): a divisor of `width`
+    within 2x of min(target, sqrt(width)) when there is one (else padded).
+
+    Example:
+
+    >>> gather_block_size(100_000), gather_block_size(24_532), gather_block_size(200)
+    (100, 100, 10)
+    """
+    target = min(target, max(2, round(math.sqrt(width))))
+    divisors = [d for d in range(max(2, target // 2), 2 * target + 1) if width % d == 0]
+    return min(divisors, key=lambda d: abs(math.log(d / target))) if divisors else target
+
+
+def _level_matrix(sizes):
+    """[sum(sizes), len(sizes)] float64: 1 where a row belongs to a level."""
+    level = np.repeat(np.arange(len(sizes)), sizes)
+    return (level[:, None] == np.arange(len(sizes))).astype(np.float64)
+
+
+def _whole_blocks(runs):
+    """[nodes, W, 2] (block, 1): the whole blocks of a level's runs (`level_runs`), (0, 0) after them."""
+    length = runs[:, :, 7] - runs[:, :, 6]
+    steps = np.arange(max(int(length.max()), 0))
+    valid = (steps < length[:, :, None]).reshape(len(runs), -1)
+    blocks = np.where(valid, (runs[:, :, 6:7] + steps).reshape(len(runs), -1), 0)
+    order = np.argsort(~valid, axis=1, kind="stable")
+    table = np.stack([np.take_along_axis(blocks, order, 1), np.take_along_axis(valid, order, 1)], axis=-1)
+    return np.ascontiguousarray(table[:, :max(int(valid.sum(axis=1).max()), 1)], dtype=np.int32)
+
+
+def _nonempty(rows):
+    """Rows [nodes, P, 3] with the empty ones (end <= first column) moved last and dropped where no node
+    needs them; empty rows become (0, 0, 0)."""
+    empty = rows[:, :, 2] <= rows[:, :, 1]
+    order = np.argsort(empty, axis=1, kind="stable")
+    rows = np.where(empty[:, :, None], 0, rows)
+    rows = np.take_along_axis(rows, order[:, :, None], axis=1)
+    return np.ascontiguousarray(rows[:, :max(int((~empty).sum(axis=1).max()), 1)], dtype=np.int32)
 
 
 def level_runs(ancestors, block):
@@ -348,8 +411,7 @@ def serving_decoder(hierarchy, *, decoder="argmax", cost="path", backoff_thresho
         chain_runs: whether the argmax decoder sums only the chosen chains (`ChainRuns`; an int: with
             blocks of that size); default: for trees past the dense limit whose chains hold at most
             `MAX_CHAIN_RUNS` runs of class ids.
-        class_major_min_classes: trees past the dense limit are decoded class-major (`_ClassMajorOps`)
-            from this many classes (default: all; tests set it high to keep the batch-major segment sums).
+        class_major_min_classes: override of `CLASS_MAJOR_MIN_CLASSES` (tests force both layouts).
 
     Example:
 
@@ -367,12 +429,13 @@ def serving_decoder(hierarchy, *, decoder="argmax", cost="path", backoff_thresho
     ops = TENSORFLOW_OPS if topk_min_classes is None else _TensorFlowOps(topk_min_classes)
     chain = None
     if decoder == "argmax" and (not tables.dense if chain_runs is None else chain_runs):
-        block = chain_runs if type(chain_runs) is int else block_size(tables.num_classes)
+        block = chain_runs if type(chain_runs) is int else gather_block_size(tables.num_classes)
         chain = ChainRuns(tables, block)
         if chain_runs is None and chain.num_runs > MAX_CHAIN_RUNS:
             chain = None
 
-    class_major = not tables.dense and chain is None and (class_major_min_classes or 0) <= tables.num_classes
+    class_major = not tables.dense and chain is None and tables.num_classes >= (
+        CLASS_MAJOR_MIN_CLASSES if class_major_min_classes is None else class_major_min_classes)
     if class_major:
         ops = _ClassMajorOps(TOPK_MIN_CLASSES if topk_min_classes is None else topk_min_classes)
 

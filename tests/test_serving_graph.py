@@ -98,16 +98,20 @@ def test_refuses_bad_arguments():
 
 
 @pytest.mark.parametrize("block,shuffle", [(7, False), (7, True), (64, True), (1000, False)])
-def test_chain_runs_give_the_chains_marginals(block, shuffle):
-    """Chains summed from block sums and runs of class ids equal the bottom-up NumPy marginals, on a ragged tree
-    whose nodes hold several runs (shallow classes in between; shuffled class order), parents never below."""
+@pytest.mark.parametrize("gathered", [False, True])
+def test_chain_runs_give_the_chains_marginals(block, shuffle, gathered, monkeypatch):
+    """Chains summed from blocks (whole blocks gathered, or from block sums) equal the bottom-up NumPy marginals,
+    on a ragged tree whose nodes hold several runs (shallow classes in between; shuffled class order), parents
+    never below."""
+    monkeypatch.setattr(serving_graph.ChainRuns, "GATHER_SHARE", 1e9 if gathered else 0.0)
     rng = np.random.default_rng(block)
-    paths = [(f"g{c % 3}", f"f{c // 9}", f"c{c}") if c % 5 else (f"g{c % 3}", f"c{c}") for c in range(300)]
+    paths = [(f"g{c // 60}", f"f{c // 9}", f"c{c}") if c % 5 else (f"g{c // 60}", f"c{c}") for c in range(300)]
     if shuffle:
         paths = [paths[i] for i in rng.permutation(len(paths))]
     h = Hierarchy(paths, [p[-1] for p in paths])
     tables = decoding.DecoderTables(h)
     runs = serving_graph.ChainRuns(tables, block)
+    assert (runs.middles is None) == gathered and (runs.wholes is None) != gathered
     p = rng.dirichlet(np.full(h.num_classes, 0.05), size=40).astype(np.float32)
     p[0] = 0.0
     p[0, 5] = 1.0  # zeros next to a one
@@ -132,3 +136,30 @@ def test_level_runs_cover_every_class_once():
             assert np.all(ancestors[classes] == node)
             covered[classes] += 1
     np.testing.assert_array_equal(covered, 1)
+
+
+def test_chain_runs_gather_whole_blocks_of_a_contiguous_tree():
+    h = Hierarchy([(f"g{c // 50}", f"f{c // 10}", f"c{c}") for c in range(200)], [f"c{c}" for c in range(200)])
+    runs = serving_graph.ChainRuns(decoding.DecoderTables(h), 10)
+    assert runs.middles is None and runs.num_runs == 2
+    # g1 (classes 50..99): first and last blocks as edge rows, the 3 between gathered whole
+    np.testing.assert_array_equal(runs.wholes[0][1], [[6, 1], [7, 1], [8, 1]])
+    np.testing.assert_array_equal(runs.edges[0][1], [[5, 0, 10], [9, 0, 10]])
+
+
+@pytest.mark.parametrize("cost", decoding.COSTS)
+@pytest.mark.parametrize("logits", ["ties", "zeros", "peaked"])
+def test_class_major_expected_cost_with_ties(cost, logits):
+    """Class-major expected cost (blocked top-k over [C, B]) gives decode's ids, ties included."""
+    rng = np.random.default_rng(3)
+    paths = [(f"g{c // 40}", f"f{c // 6}", f"c{c}") if c % 7 else (f"g{c // 40}", f"c{c}") for c in range(200)]
+    h = Hierarchy(paths, [p[-1] for p in paths])
+    x = {"ties": rng.integers(0, 3, size=(30, 200)), "zeros": np.zeros((30, 200)),
+         "peaked": rng.normal(size=(30, 200)) * 6}[logits].astype(np.float32)
+    for k in (None, 1, 4):
+        out = served(h, x, "class_major", decoder="expected_cost", cost=cost, top_k=k)
+        ref = decoding.decode(x, h, "expected_cost", cost=cost, top_k=k)
+        np.testing.assert_array_equal(out["class_ids"], ref["class_ids"])
+        np.testing.assert_allclose(out["scores"], ref["scores"], rtol=1e-6)
+        if k:
+            np.testing.assert_array_equal(out["top_k_ids"], ref["top_k_ids"])
