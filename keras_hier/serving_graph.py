@@ -29,6 +29,8 @@ __all__ = ["TENSORFLOW_OPS", "serving_decoder", "blocked_top_k", "block_size", "
 TOPK_MIN_CLASSES = 1024
 #: Trees past the dense limit are decoded class-major (`_ClassMajorOps`) from this many classes.
 CLASS_MAJOR_MIN_CLASSES = 0
+#: From this batch size class-major segment sums gather the rows in parent order and sum them sorted.
+SORTED_SUM_MIN_BATCH = 16
 #: Most runs of consecutive class ids over the nodes of one chain for `ChainRuns` (else segment sums).
 MAX_CHAIN_RUNS = 32
 
@@ -193,11 +195,15 @@ class _ClassMajorOps(_TensorFlowOps):
         return self.top_k(x, 1)[1][:, 0]  # tf.argmax over axis 0 of [C, B] was measured 5x slower
 
     def segment_sum(self, x, step):
-        """Rows summed per parent: sorted segment sums (rows gathered in parent order first when needed,
-        measured faster than an unsorted segment sum at C = 100 000)."""
+        """Rows summed per parent: a sorted segment sum, the rows gathered in parent order first when
+        needed (measured faster than an unsorted segment sum for batches of 256 at C = 100 000, slower
+        for a few rows: small batches take the unsorted one)."""
+        tf = self.tf
         if np.all(step.ids[1:] >= step.ids[:-1]):
-            return self.tf.math.segment_sum(x, step.ids)
-        return self.tf.math.segment_sum(self.tf.gather(x, step.order), step.ids[step.order])
+            return tf.math.segment_sum(x, step.ids)
+        return tf.cond(tf.shape(x)[1] >= SORTED_SUM_MIN_BATCH,
+                       lambda: tf.math.segment_sum(tf.gather(x, step.order), step.ids[step.order]),
+                       lambda: tf.math.unsorted_segment_sum(x, step.ids, step.num_segments))
 
     def top_k(self, x, k):
         """(values, ids) [B, k] of the k largest of every column of x [C, B]: `blocked_top_k` on the
