@@ -400,9 +400,10 @@ class ProxyHead(keras.layers.Layer):
 
         Call after the optimiser step with the embeddings of that step's
         forward pass (the head input) and the labels. Works in a replica
-        context of `tf.distribute` (statistics are all-reduced first, so all
-        replicas assign the same values). No-op for learned / fixed proxies
-        with a fixed scale.
+        context of `tf.distribute`: the EMA all-gathers every replica's
+        normalised embeddings and labels, the dynamic scale all-reduces its
+        sums and all-gathers the target angles, so all replicas assign the
+        same values. No-op for learned / fixed proxies with a fixed scale.
 
         Args:
             embeddings: [B, D] head inputs.
@@ -421,32 +422,46 @@ class ProxyHead(keras.layers.Layer):
             self._update_ema(x, labels, ops.cast(valid, "float32"))
 
     def _update_ema(self, x, labels, ones):
-        sums = ops.segment_sum(x * ops.expand_dims(ones, -1), labels, num_segments=self.num_classes)
-        counts = ops.segment_sum(ones, labels, num_segments=self.num_classes)
-        sums, counts = _all_sum([sums, counts])
-        seen = ops.expand_dims(counts > 0, -1)
-        proxies, visited_now = self._proxies.value, self._visited.value  # values, also in a StatelessScope
-        visited = ops.expand_dims(visited_now > 0, -1)
+        # Only the classes in the batch move, so the update works on the batch's rows ([B, D], with B the
+        # samples of all replicas, and a [B, B] same-class matrix) and scatters them into the [C, D]
+        # proxies: no pass over all C proxies beyond the scatter. A sample's row gets its class's sum and
+        # count; samples of one class write the same values. An invalid label (id 0, `ones` 0) adds nothing.
+        x, labels, ones = (_all_gather(v) for v in (x * ops.expand_dims(ones, -1), labels, ones))
+        same = ops.cast(ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0)), "float32") * ones
+        sums, counts = ops.matmul(same, x), ops.sum(same, axis=1)
+        proxies = ops.stop_gradient(self._proxies.value)  # a tensor read (see `_update_scale`)
+        visited_now = self._visited.value
+        old = ops.take(proxies, labels, axis=0)
+        visited_before = ops.take(visited_now, labels, axis=0)
         mean = kh_ops.l2_normalize(sums)
         alpha = self.ema_momentum
-        moved = kh_ops.l2_normalize(alpha * mean + (1.0 - alpha) * kh_ops.l2_normalize(proxies))
-        new = ops.where(seen, ops.where(visited, moved, mean), proxies)
-        self._proxies.assign(new)
-        self._visited.assign(ops.maximum(visited_now, ops.cast(counts > 0, "float32")))
+        moved = kh_ops.l2_normalize(alpha * mean + (1.0 - alpha) * kh_ops.l2_normalize(old))
+        seen = ops.expand_dims(counts > 0, -1)
+        new = ops.where(seen, ops.where(ops.expand_dims(visited_before > 0, -1), moved, mean), old)
+        index = ops.expand_dims(labels, -1)
+        self._proxies.assign(ops.scatter_update(proxies, index, new))
+        self._visited.assign(ops.scatter_update(
+            visited_now, index, ops.maximum(visited_before, ops.cast(counts > 0, "float32"))))
 
     def _update_scale(self, x, labels, logits=None):
         log_scale, state = self._log_scale.value, self._scale_state.value
         s = ops.exp(log_scale)
-        proxies = kh_ops.float32(self._proxies.value)
+        # A tensor read: a gather from the variable itself (TensorFlow's ResourceGather) would switch it to
+        # copy-on-read, and every later read of the [C, D] proxies would copy them.
+        proxies = ops.stop_gradient(kh_ops.float32(self._proxies.value))
         if logits is None:
             logits = self.logits(x, proxies, s)
         z = kh_ops.float32(logits)  # = s * u, u = _unit_logit of the cosine
-        classes = ops.expand_dims(ops.arange(self.num_classes, dtype="int32"), 0)
-        e = ops.where(ops.equal(classes, ops.expand_dims(labels, 1)), 0.0, ops.exp(ops.minimum(z, _EXP_CAP)))
+        # exp(z) over the non-target classes: the B target entries set to -inf by a scatter (in place where
+        # the backend can) instead of a [B, C] class-id comparison and select.
+        rows = ops.arange(ops.shape(z)[0], dtype="int32")
+        masked = ops.scatter_update(ops.minimum(z, _EXP_CAP), ops.stack([rows, labels], axis=1),
+                                    ops.full(ops.shape(rows), -np.inf, "float32"))
+        e = ops.exp(masked)
         target_cosine = ops.sum(x * kh_ops.l2_normalize(ops.take(proxies, labels, axis=0)), axis=-1)
         theta = ops.arccos(ops.clip(target_cosine, -1.0 + kh_ops.COS_CLIP, 1.0 - kh_ops.COS_CLIP))
         count = ops.cast(ops.shape(x)[0], "float32")
-        b_sum, db_sum, count = _all_sum([ops.sum(e), ops.sum((z / s) * e), count])
+        b_sum, db_sum, count = _all_sum([ops.sum(e), ops.sum(z * e) / s, count])
         theta = ops.minimum(math.pi / 4, ops.median(_all_gather(theta)))
         r, dr = scale_residual(self.kind, s, theta, b_sum / count, db_sum / count, self.distance, ops)
         grad = 2.0 * r * dr * s  # d(R^2) / d(log s)

@@ -21,10 +21,11 @@ overrides `train_step`: it opens a per-thread store, runs Keras's own
 which each head that needs updates records its input embeddings, and then
 calls `head.update_from_batch(embeddings, y)` for those heads. Under
 `tf.distribute.MirroredStrategy` `train_step` runs once per replica (one
-thread each); the heads all-reduce the batch statistics (class sums and
-counts, the non-target sums, all target angles) before assigning, so every
-replica writes the same values (variables use the `only_first_replica`
-aggregation). Models without such heads train exactly as a `keras.Model`.
+thread each); the heads gather the batch statistics across replicas before
+assigning (the EMA all-gathers the normalised embeddings and labels, the
+dynamic scale all-reduces its non-target sums and all-gathers the target
+angles), so every replica writes the same values (variables use the
+`only_first_replica` aggregation). Models without such heads train exactly as a `keras.Model`.
 On JAX, whose `train_step` is a pure function of the variable values, the
 update runs inside `compute_loss_and_updates` in a `keras.StatelessScope`
 and its new values travel with the non-trainable variables (see
