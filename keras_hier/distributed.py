@@ -533,7 +533,9 @@ def reduction_bytes(model, global_batch_size):
 
     - `"gradients"`: the gradient all-reduce of every trainable weight
       (what any data-parallel training pays);
-    - `"ema"`: per EMA head, the class sums [C, D] and counts [C];
+    - `"ema"`: per EMA head, the all-gather of every example's normalised
+      embedding [D], label and valid flag (global batch; the update then
+      works on the batch's classes only);
     - `"dynamic_scale"`: per dynamic-scale head, three scalar sums and the
       all-gather of every example's target angle (global batch).
 
@@ -555,7 +557,7 @@ def reduction_bytes(model, global_batch_size):
     for layer in _layers(model):
         if getattr(layer, "proxy_mode", None) == "ema":
             dim = int(layer.proxies.shape[-1])
-            ema += (layer.num_classes * dim + layer.num_classes) * 4
+            ema += int(global_batch_size) * (dim + 2) * 4
         if getattr(layer, "dynamic_scale", False):
             dynamic += (3 + int(global_batch_size)) * 4
     return {"gradients": gradients, "ema": ema, "dynamic_scale": dynamic, "heads": ema + dynamic}

@@ -294,7 +294,7 @@ def test_reduction_bytes_counts_the_heads_payload():
     model = build_classifier(backbone, "proxydr", num_classes=5, embedding_dim=4, proxy_mode="ema", dynamic_scale=True)
     sizes = distributed.reduction_bytes(model, global_batch_size=32)
     assert sizes["gradients"] == 4 * ((6 * 8 + 8) + (8 * 4 + 4))  # proxies are not trained by gradient
-    assert sizes["ema"] == 4 * (5 * 4 + 5) and sizes["dynamic_scale"] == 4 * (3 + 32)
+    assert sizes["ema"] == 4 * 32 * (4 + 2) and sizes["dynamic_scale"] == 4 * (3 + 32)
     assert sizes["heads"] == sizes["ema"] + sizes["dynamic_scale"]
     dense = build_classifier(backbone, "softmax", num_classes=5, embedding_dim=4)
     assert distributed.reduction_bytes(dense, 32)["heads"] == 0
