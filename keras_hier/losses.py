@@ -133,16 +133,19 @@ def _tree_softmax(logits, labels, hierarchy, column_scale=None):
     return path, root, ops.log(total), target
 
 
-def _logsumexp(z):
-    """logsumexp over the last axis; on TensorFlow one softmax forward and one multiplication backward."""
+def _logsumexp(z, labels):
+    """logsumexp over the last axis; on TensorFlow one softmax forward (z_y - log p_y) and one
+    multiplication backward."""
     if keras.backend.backend() != "tensorflow" or z.shape[0] == 0:
         return ops.logsumexp(z, axis=-1)
     import tensorflow as tf
 
+    labels = tf.cast(labels, tf.int32)
+
     @tf.custom_gradient
     def logsumexp(x):
-        p, value = tree_sums.softmax_logsumexp(x)
-        return value, lambda upstream: upstream[:, None] * p
+        p, log_target = tree_sums.softmax_log_target(x, labels)
+        return tf.gather(x, labels, batch_dims=1) - log_target, lambda upstream: upstream[:, None] * p
 
     return logsumexp(z)
 
@@ -311,7 +314,7 @@ def soft_label_cross_entropy(labels, logits, hierarchy, factors, row_sums):
     z = float32(logits)
     path, root, _ = tree_sums.scaled_path_sums(z, labels, plan, factors.column_scale)
     expected = weights[:, 0] * root + ops.sum(weights[:, 1:] * path, axis=-1)
-    return _logsumexp(z) - expected / ops.take(row_sums, labels, axis=0)
+    return _logsumexp(z, labels) - expected / ops.take(row_sums, labels, axis=0)
 
 
 def corr_loss(labels, cosine_logits, scale=1.0):

@@ -24,7 +24,7 @@ import numpy as np
 from keras import ops
 
 __all__ = ["TreePlan", "tree_plan", "branching_sums", "node_sums_transposed", "node_sums", "path_sums",
-           "scaled_path_sums", "softmax_path_sums", "fused_path_sums", "softmax_logsumexp",
+           "scaled_path_sums", "softmax_path_sums", "fused_path_sums", "softmax_logsumexp", "softmax_log_target",
            "node_logsumexp"]
 
 
@@ -531,8 +531,7 @@ def softmax_path_sums(logits, labels, hierarchy, column_scale=None):
 
     @tf.custom_gradient
     def sums(z):
-        p, log_total = softmax_logsumexp(z)
-        log_target = tf.gather(z, labels, batch_dims=1) - log_total
+        p, log_target = softmax_log_target(z, labels)
         p_t = tf.transpose(p)
         table, scaled_total = _pull_up(p_t, plan, scale)
         own = tf.exp(log_target) * own_scale
@@ -556,7 +555,7 @@ def softmax_path_sums(logits, labels, hierarchy, column_scale=None):
     return sums(logits)
 
 
-def softmax_logsumexp(logits):
+def softmax_logsumexp(logits, p=None):
     """softmax(logits) and logsumexp(logits) over the last axis, in one pass over [B, C] plus a max.
 
     logsumexp = max z - log max p (the largest logit's probability: >= 1 / C,
@@ -564,6 +563,7 @@ def softmax_logsumexp(logits):
 
     Args:
         logits: float [B, C] tensor.
+        p: softmax(logits) when the caller has it.
 
     Returns:
         (p [B, C], logsumexp [B]).
@@ -574,8 +574,34 @@ def softmax_logsumexp(logits):
     >>> float(lse[0]), keras.ops.convert_to_numpy(p).round(3).tolist()
     (1000.0, [[0.0, 1.0, 0.0]])
     """
-    p = ops.softmax(logits, axis=-1)
+    p = ops.softmax(logits, axis=-1) if p is None else p
     return p, ops.max(logits, axis=-1) - ops.log(ops.max(p, axis=-1))
+
+
+def softmax_log_target(logits, labels):
+    """softmax(logits) and log p_y for labels y (TensorFlow).
+
+    log p_y is read from p where every p_y is a normal float (>= 1e-30);
+    otherwise (a batch with an underflowed label) it is z_y -
+    `softmax_logsumexp`, exact, at the cost of two more reductions over
+    [B, C] for that batch only.
+
+    Args:
+        logits: float32 [B, C] tensor.
+        labels: int32 [B] class ids.
+
+    Returns:
+        (p [B, C], log p_y [B]).
+    """
+    import tensorflow as tf
+
+    p = tf.nn.softmax(logits)
+    p_label = tf.gather(p, labels, batch_dims=1)
+
+    def exact():
+        return tf.gather(logits, labels, batch_dims=1) - softmax_logsumexp(logits, p)[1]
+
+    return p, tf.cond(tf.reduce_all(p_label >= 1e-30), lambda: tf.math.log(p_label), exact)
 
 
 def _class_gradients(g_hit, flat, g_scaled, shift, plan, scale, batch):
