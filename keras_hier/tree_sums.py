@@ -521,13 +521,10 @@ def softmax_path_sums(logits, labels, hierarchy, column_scale=None):
 
     plan = tree_plan(hierarchy)
     scale = _scale_or_none(column_scale)
-    down = plan.down_plan()
     labels = tf.cast(labels, tf.int32)
     batch = tf.shape(logits)[0]
     own_scale = 1.0 if scale is None else tf.gather(scale, labels)
-    node = tf.gather(plan.path_branch, labels)  # [B, depth]
-    hit = node >= 0
-    flat = tf.where(hit, tf.gather(down.rank, tf.maximum(node, 0)) * batch + tf.range(batch)[:, None], 0)
+    hit, flat = _path_index(plan, labels, batch)
 
     @tf.custom_gradient
     def sums(z):
@@ -641,13 +638,10 @@ def _cascade_path_sums(values, labels, label_values, plan, scale=None):
     """
     import tensorflow as tf
 
-    down = plan.down_plan()
     batch = tf.shape(values)[0]
     given = label_values is not None  # else the label values are read here, their gradient added in place
     own_scale = 1.0 if scale is None else tf.gather(scale, labels)
-    node = tf.gather(plan.path_branch, labels)  # [B, depth]
-    hit = node >= 0
-    flat = tf.where(hit, tf.gather(down.rank, tf.maximum(node, 0)) * batch + tf.range(batch)[:, None], 0)
+    hit, flat = _path_index(plan, labels, batch)
 
     @tf.custom_gradient
     def sums(v, *own):
@@ -670,6 +664,16 @@ def _cascade_path_sums(values, labels, label_values, plan, scale=None):
         return (out, scaled_total, total), grad
 
     return sums(values, label_values) if given else sums(values)
+
+
+def _path_index(plan, labels, batch):
+    """(hit [B, depth]: the path's node is a branching node, flat: its index in the [M, B] sums, else 0)."""
+    import tensorflow as tf
+
+    node = tf.gather(plan.path_branch, labels)  # [B, depth]
+    hit = node >= 0
+    rows = tf.gather(plan.down_plan().rank, tf.maximum(node, 0))
+    return hit, tf.where(hit, rows * batch + tf.range(batch)[:, None], 0)
 
 
 def _pull_up(values_t, plan, scale):

@@ -217,3 +217,29 @@ def test_softmax_path_sums_keep_log_target_exact_when_it_underflows(schedule):
     expected = logits[np.arange(2), labels] - (200.0 + np.log1p((h.num_classes - 1) * np.exp(-200.0)))
     np.testing.assert_allclose(log_target.numpy(), expected, rtol=1e-6)
     assert path.numpy()[0, -1] == 0.0 and np.all(np.isfinite(path.numpy()))
+
+
+def test_fused_losses_train_inside_keras_fit(schedule):
+    """The fused path (cascade schedule) inside `model.fit`'s traced step, with a partial last batch:
+    the factorised SimLoss evaluates to the dense one on the trained model."""
+    import keras
+
+    from keras_hier import HierarchicalCrossEntropy, SimLoss
+
+    h = random_tree(5, num_classes=30)
+    assert kh_ops.fused_path_sums(h) == (schedule == "cascade")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)).astype(np.float32)
+    y = rng.integers(0, h.num_classes, 50)
+    for loss in (SimLoss.from_hierarchy(h, beta=1.0), HierarchicalCrossEntropy(h)):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(h.num_classes)])
+        model.compile(optimizer="adam", loss=loss)
+        before = model.get_weights()[0].copy()
+        history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        assert not np.allclose(before, model.get_weights()[0])
+    dense = SimLoss(h.similarity_matrix("exp", beta=1.0))
+    logits = model.predict(x, verbose=0)
+    model.compile(loss=SimLoss.from_hierarchy(h, beta=1.0))
+    np.testing.assert_allclose(model.evaluate(x, y, batch_size=16, verbose=0), float(dense(y, logits)), rtol=1e-4)
