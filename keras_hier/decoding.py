@@ -34,7 +34,7 @@ from keras_hier.outputs import tensor_is_probability
 
 __all__ = ["DECODERS", "COSTS", "ROOT_NAME", "DecoderTables", "NUMPY_OPS", "decoder_tables", "node_marginals",
            "level_marginals", "expected_cost", "decode", "decode_probabilities", "check_hierarchy",
-           "check_decoder_arguments", "marginals", "negated_cost", "chain_scores", "backoff", "rank"]
+           "check_decoder_arguments", "marginals", "negated_cost", "node_cost", "chain_scores", "backoff", "rank"]
 
 DECODERS = ("argmax", "expected_cost")
 COSTS = DISTANCE_KINDS
@@ -260,20 +260,26 @@ def marginals(p, tables, ops):
 def negated_cost(p, levels, tables, cost, ops):
     """[B, C]: -(expected cost - e_coef * E[depth]), the ranking of the `expected_cost` decoder."""
     terms = tables.cost_terms(cost)
-    leaf_weight, bias = ops.line(terms["leaf_weight"]), ops.line(terms["bias"])
+    leaf_term = p * ops.line(terms["leaf_weight"])
     if tables.depth == 1:
-        return p * leaf_weight + bias
+        return leaf_term + ops.line(terms["bias"])
+    spread = node_cost(levels, tables, cost, ops)
+    if tables.dense:
+        return ops.matmul(spread, terms["spread"][-1]) + leaf_term
+    return ops.take_columns(spread, terms["gathers"][-1]) + leaf_term
+
+
+def node_cost(levels, tables, cost, ops):
+    """[B, n_{L-2}]: the part of `negated_cost` shared by the classes of each node of level L-2 (every
+    term but the class's own marginal); the ranking of class j is this at j's parent + leaf_weight_j p_j."""
+    terms = tables.cost_terms(cost)
     weights = [ops.line(w) for w in terms["weights"]]
     running = levels[0] * weights[0]
-    if tables.dense:
-        for level in range(1, tables.depth - 1):
-            running = ops.matmul(running, terms["spread"][level - 1]) + levels[level] * weights[level]
-        running = ops.matmul(running + ops.line(terms["parent_bias"]), terms["spread"][-1])
-    else:
-        for level in range(1, tables.depth - 1):
-            running = ops.take_columns(running, terms["gathers"][level - 1]) + levels[level] * weights[level]
-        running = ops.take_columns(running + ops.line(terms["parent_bias"]), terms["gathers"][-1])
-    return running + p * leaf_weight
+    for level in range(1, tables.depth - 1):
+        running = ops.matmul(running, terms["spread"][level - 1]) if tables.dense \
+            else ops.take_columns(running, terms["gathers"][level - 1])
+        running = running + levels[level] * weights[level]
+    return running + ops.line(terms["parent_bias"])
 
 
 def chain_scores(p, levels, class_ids, scores, tables, ops):
@@ -297,8 +303,18 @@ def backoff(level_scores, class_ids, threshold, tables, ops):
     return count - 1, node, score
 
 
-def rank(p, levels, tables, decoder, cost, top_k, ops):
-    """(class_ids, scores, top_k_ids or None, top_k_scores or None) of a decoder."""
+def rank(p, levels, tables, decoder, cost, top_k, ops, cost_top_k=None):
+    """(class_ids, scores, top_k_ids or None, top_k_scores or None) of a decoder.
+
+    `cost_top_k`, when given, is `cost_top_k(p, levels, k) -> ids` [B, k]: the
+    `expected_cost` decoder's k best classes computed another way (the
+    serving graph's wide trees)."""
+    if decoder == "expected_cost" and cost_top_k is not None:
+        top_ids = cost_top_k(p, levels, top_k or 1)
+        if top_k is None:
+            return top_ids[:, 0], ops.take_rows(p, top_ids[:, :1])[:, 0], None, None
+        top_scores = ops.take_rows(p, top_ids)
+        return top_ids[:, 0], top_scores[:, 0], top_ids, top_scores
     ranking = p if decoder == "argmax" else negated_cost(p, levels, tables, cost, ops)
     if top_k is None:
         class_ids = ops.argmax(ranking)
@@ -309,13 +325,14 @@ def rank(p, levels, tables, decoder, cost, top_k, ops):
 
 
 def decode_probabilities(p, tables, ops=NUMPY_OPS, *, decoder="argmax", cost="path", backoff_threshold=None,
-                         top_k=None, names=False, chain=None):
+                         top_k=None, names=False, chain=None, cost_top_k=None):
     """The decoders on class probabilities [B, C], with `ops` (NumPy, TensorFlow, ...).
 
     Arguments are assumed checked (`check_decoder_arguments`). `chain`, when
     given, is `chain(p, class_ids, scores) -> level_scores` [B, L] computing the
     chosen chains' marginals another way (the serving graph's wide trees); the
     marginals of every node are then summed only for the `expected_cost` decoder.
+    `cost_top_k` (see `rank`) likewise ranks the `expected_cost` decoder's classes.
 
     Returns:
         Dict as `decode` (without `probabilities`); with `names`, also
@@ -323,7 +340,7 @@ def decode_probabilities(p, tables, ops=NUMPY_OPS, *, decoder="argmax", cost="pa
         `prediction` [B] (node names; `ROOT_NAME` for the root).
     """
     levels = marginals(p, tables, ops) if chain is None or decoder == "expected_cost" else None
-    class_ids, scores, top_ids, top_scores = rank(p, levels, tables, decoder, cost, top_k, ops)
+    class_ids, scores, top_ids, top_scores = rank(p, levels, tables, decoder, cost, top_k, ops, cost_top_k)
     level_scores = chain_scores(p, levels, class_ids, scores, tables, ops) if chain is None \
         else chain(p, class_ids, scores)
     out = {"class_ids": class_ids, "scores": scores, "level_ids": ops.take(tables.level_ids, class_ids),

@@ -11,7 +11,8 @@ matmuls for small trees, and a blocked top-k for wide rows. Trees past the
 dense limit avoid passes over [B, C]: the argmax decoder sums only the
 chosen chains from blocks of the row (`ChainRuns`; no node sums at all),
 the expected-cost decoder runs class-major (`_ClassMajorOps`: one transpose,
-then sorted segment sums and row gathers along axis 0). `decode_images` turns the `serving_bytes` strings into model
+then sorted segment sums and row gathers along axis 0) and ranks only the
+classes under the nodes whose bound can hold the k best (`CostTopK`). `decode_images` turns the `serving_bytes` strings into model
 inputs, refusing (by batch index) images that are not JPEG/PNG/GIF/BMP or
 are larger than a pixel limit, read from the header before decoding.
 """
@@ -23,14 +24,14 @@ import numpy as np
 from keras_hier import decoding
 
 __all__ = ["TENSORFLOW_OPS", "serving_decoder", "blocked_top_k", "block_size", "gather_block_size", "ChainRuns",
-           "level_runs", "TOPK_MIN_CLASSES", "MAX_CHAIN_RUNS", "decode_images", "image_header_pixels"]
+           "level_runs", "CostTopK", "TOPK_MIN_CLASSES", "MAX_CHAIN_RUNS", "decode_images", "image_header_pixels"]
 
 #: From this many classes top-k is blocked (tf.math.top_k is slow on wide rows).
 TOPK_MIN_CLASSES = 1024
 #: Trees past the dense limit are decoded class-major (`_ClassMajorOps`) from this many classes.
 CLASS_MAJOR_MIN_CLASSES = 0
-#: From this batch size class-major segment sums gather the rows in parent order and sum them sorted.
-SORTED_SUM_MIN_BATCH = 16
+#: From this batch size class-major segment sums / maxima gather the rows in parent order first.
+SORTED_SUM_MIN_BATCH = 2
 #: Most runs of consecutive class ids over the nodes of one chain for `ChainRuns` (else segment sums).
 MAX_CHAIN_RUNS = 32
 
@@ -196,21 +197,31 @@ class _ClassMajorOps(_TensorFlowOps):
 
     def segment_sum(self, x, step):
         """Rows summed per parent: a sorted segment sum, the rows gathered in parent order first when
-        needed (measured faster than an unsorted segment sum for batches of 256 at C = 100 000, slower
-        for a few rows: small batches take the unsorted one)."""
+        needed (at C = 100 000, measured 3x faster than an unsorted segment sum from 4 rows on and
+        even at 1: a single row takes the unsorted one)."""
+        return self._segments(x, step, self.tf.math.segment_sum, self.tf.math.unsorted_segment_sum)
+
+    def segment_max(self, x, step):
+        """Rows' maximum per parent (as `segment_sum`)."""
+        return self._segments(x, step, self.tf.math.segment_max, self.tf.math.unsorted_segment_max)
+
+    def _segments(self, x, step, sorted_op, unsorted_op):
         tf = self.tf
         if np.all(step.ids[1:] >= step.ids[:-1]):
-            return tf.math.segment_sum(x, step.ids)
-        return tf.cond(tf.shape(x)[1] >= SORTED_SUM_MIN_BATCH,
-                       lambda: tf.math.segment_sum(tf.gather(x, step.order), step.ids[step.order]),
-                       lambda: tf.math.unsorted_segment_sum(x, step.ids, step.num_segments))
+            out = sorted_op(x, step.ids)
+        else:
+            out = tf.cond(tf.shape(x)[1] >= SORTED_SUM_MIN_BATCH,
+                          lambda: sorted_op(tf.gather(x, step.order), step.ids[step.order]),
+                          lambda: unsorted_op(x, step.ids, step.num_segments))
+        return tf.reshape(out, [step.num_segments, -1])  # the number of rows, known to the graph
 
-    def top_k(self, x, k):
+    def top_k(self, x, k, block_target=100):
         """(values, ids) [B, k] of the k largest of every column of x [C, B]: `blocked_top_k` on the
-        transposed blocks (same ids and tie order as tf.math.top_k of the rows)."""
+        transposed blocks (same ids and tie order as tf.math.top_k of the rows); `block_target`: see
+        `gather_block_size` (the k * block candidates of a column are gathered one by one)."""
         tf = self.tf
         width = x.shape[0]
-        block = gather_block_size(width)  # the candidates are gathered one by one: smaller blocks than by rows
+        block = gather_block_size(width, block_target)
         groups = -(-width // block)
         if width < self.topk_min_classes or groups < k:
             return tf.math.top_k(tf.transpose(x), k)
@@ -292,6 +303,93 @@ class ChainRuns:
         total += tf.matmul(sums, self.whole_levels)
         chain = tf.concat([tf.cast(total, tf.float32), scores[:, None]], axis=1)
         return tf.reduce_max(tf.where(self.below, chain[:, None, :], 0.0), axis=2)
+
+
+class CostTopK:
+    """The `expected_cost` decoder's k best classes, ranked under a few nodes only (wide trees, class-major).
+
+    The ranking of class j is R(n) + w_j p_j, with n its node of level L-2
+    (R: `keras_hier.decoding.node_cost`) and leaf weight w_j >= 0. The best
+    class under n scores U(n) = R(n) + max_j w_j p_j (one segment maximum over
+    [C, B]), and no class under n scores more, so the k best classes lie under
+    the nodes of largest U: only the children of the first M - 1 of them are
+    ranked, exactly as the whole ranking would (same float operations,
+    candidates in class-id order for top-k's tie order). No [C, B] gather, sum
+    or top-k.
+
+    Ties. Nodes of equal U are taken in the order of their smallest class id
+    (a node whose classes carry no mass ties with its cousins: U = R). The
+    candidates hold the k best classes, ties resolved as top-k resolves them
+    (lowest class id first), when the M-th node's U is below the k-th
+    candidate's score, or equal to it with a smallest class id above the k-th
+    candidate's id. Otherwise the whole ranking is computed (a `cond`), so the
+    ids always equal those of the whole ranking on the same primitives.
+
+    Args:
+        tables: the `keras_hier.decoding.DecoderTables` (segment layout, depth >= 2).
+        cost: the decoder's cost.
+        ops: the class-major primitives (`_ClassMajorOps`).
+
+    Use `CostTopK.applies(tables, cost)` first: leaf weights must be >= 0.
+    """
+
+    TIE_MARGIN = 16  # M = k + TIE_MARGIN nodes, up to MAX_CANDIDATES candidate classes
+    MAX_CANDIDATES = 4096
+    BLOCK_TARGET = 20  # the node top-k gathers M * block values per column
+
+    def __init__(self, tables, cost, ops):
+        self.tables, self.cost, self.ops = tables, cost, ops
+        self.step = tables.steps[0]  # the classes -> their nodes of level L-2
+        parents, num_classes = self.step.ids, tables.num_classes
+        leaf_weight = tables.cost_terms(cost)["leaf_weight"][0]
+        counts = np.bincount(parents, minlength=self.step.num_segments)
+        slot = np.arange(num_classes) - np.repeat(self.step.starts, counts)
+        children = np.full((self.step.num_segments, int(counts.max())), num_classes, np.int32)  # padded with C
+        children[parents[self.step.order], slot] = self.step.order  # class ids ascending within a node
+        self.children = children
+        self.node_order = None if np.all(children[1:, 0] > children[:-1, 0]) \
+            else np.argsort(children[:, 0], kind="stable").astype(np.int32)
+        node_weight = leaf_weight[self.step.order[self.step.starts]]
+        self.node_weight = node_weight[:, None] if np.array_equal(node_weight[parents], leaf_weight) else None
+        self.leaf_weight = np.append(leaf_weight, 0.0).astype(np.float32)  # [C + 1]: padding weighs 0
+        self.parents = np.append(parents, 0).astype(np.int32)
+
+    @staticmethod
+    def applies(tables, cost):
+        return tables.depth > 1 and not tables.dense and bool(np.all(tables.cost_terms(cost)["leaf_weight"] >= 0))
+
+    def num_nodes(self, k):
+        """M, the nodes ranked for the k best classes (all of them when there are at most k + 1)."""
+        wanted = max(k + 1, min(k + self.TIE_MARGIN, self.MAX_CANDIDATES // self.children.shape[1] + 1))
+        return min(wanted, self.step.num_segments)
+
+    def __call__(self, p, levels, k):
+        """[B, k] class ids, best first (p [C, B] and the node marginals class-major)."""
+        tf, ops, num_classes = self.ops.tf, self.ops, self.tables.num_classes
+        spread = decoding.node_cost(levels, self.tables, self.cost, ops)  # [n, B]
+        best = ops.segment_max(p, self.step) * self.node_weight if self.node_weight is not None \
+            else ops.segment_max(p * self.leaf_weight[:-1, None], self.step)
+        upper = tf.reshape(spread + best, [self.step.num_segments, -1])
+        if self.node_order is not None:  # equal U: smallest class id first
+            upper = tf.gather(upper, self.node_order)
+        num_nodes = self.num_nodes(k)
+        upper, nodes = ops.top_k(upper, num_nodes, self.BLOCK_TARGET)  # [B, M]
+        if self.node_order is not None:
+            nodes = tf.gather(self.node_order, nodes)
+        ranked = num_nodes - 1 if num_nodes > k else num_nodes
+        candidates = tf.reshape(tf.gather(self.children, nodes[:, :ranked]), [tf.shape(nodes)[0], -1])
+        candidates = tf.sort(candidates, axis=1)
+        scores = ops.take_rows(spread, tf.gather(self.parents, candidates)) \
+            + ops.take_rows(p, tf.minimum(candidates, num_classes - 1)) * tf.gather(self.leaf_weight, candidates)
+        values, where = tf.math.top_k(tf.where(candidates < num_classes, scores, float("-inf")), k)
+        ids = tf.gather(candidates, where, batch_dims=1)
+        if ranked == num_nodes:  # every node's classes are candidates
+            return ids
+        bound, kth = upper[:, num_nodes - 1], values[:, k - 1]
+        next_first = tf.gather(self.children[:, 0], nodes[:, num_nodes - 1])
+        complete = tf.reduce_all((bound < kth) | ((bound == kth) & (next_first > ids[:, k - 1])))
+        return tf.cond(complete, lambda: ids, lambda: ops.top_k(
+            decoding.negated_cost(p, levels, self.tables, self.cost, ops), k)[1])
 
 
 def gather_block_size(width, target=100):
@@ -401,7 +499,7 @@ def _flatten(out, depth):
 
 def serving_decoder(hierarchy, *, decoder="argmax", cost="path", backoff_threshold=None, top_k=None,
                     from_logits=True, dense_limit=None, topk_min_classes=None, chain_runs=None,
-                    class_major_min_classes=None):
+                    class_major_min_classes=None, cost_top_k_ranker=None):
     """Builds the tables once and returns `decode(scores) -> {output name: tensor}` in TensorFlow ops.
 
     Same decisions and values as `keras_hier.decoding.decode` (the same
@@ -418,6 +516,8 @@ def serving_decoder(hierarchy, *, decoder="argmax", cost="path", backoff_thresho
             blocks of that size); default: for trees past the dense limit whose chains hold at most
             `MAX_CHAIN_RUNS` runs of class ids.
         class_major_min_classes: override of `CLASS_MAJOR_MIN_CLASSES` (tests force both layouts).
+        cost_top_k_ranker: whether the class-major `expected_cost` decoder ranks under the best nodes only
+            (`CostTopK`); default: when it applies (tests force both).
 
     Example:
 
@@ -442,15 +542,20 @@ def serving_decoder(hierarchy, *, decoder="argmax", cost="path", backoff_thresho
 
     class_major = not tables.dense and chain is None and tables.num_classes >= (
         CLASS_MAJOR_MIN_CLASSES if class_major_min_classes is None else class_major_min_classes)
+    cost_top_k = None
     if class_major:
         ops = _ClassMajorOps(TOPK_MIN_CLASSES if topk_min_classes is None else topk_min_classes)
+        if decoder == "expected_cost" and (CostTopK.applies(tables, cost) if cost_top_k_ranker is None
+                                           else cost_top_k_ranker):
+            cost_top_k = CostTopK(tables, cost, ops)
 
     def decode(scores):
         p = ops.softmax(scores) if from_logits else ops.float32(scores)
         if class_major:
             p = ops.tf.transpose(p)
         out = decoding.decode_probabilities(p, tables, ops, decoder=decoder, cost=cost, chain=chain,
-                                            backoff_threshold=backoff_threshold, top_k=top_k, names=True)
+                                            cost_top_k=cost_top_k, backoff_threshold=backoff_threshold,
+                                            top_k=top_k, names=True)
         return _flatten(out, tables.depth)
 
     return decode

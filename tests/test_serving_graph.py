@@ -24,10 +24,12 @@ def ragged_hierarchies(draw):
 
 
 REGIMES = {  # dense: 0/1 membership matmuls + tf.math.top_k; segment: segment sums + blocked top-k;
-    # class_major: the same on [C, B] scores; runs (argmax): the chosen chains summed from blocks of 3 classes
+    # class_major: the same on [C, B] scores, the expected cost ranked under the best nodes (CostTopK);
+    # class_major_full: every class ranked; runs (argmax): the chosen chains summed from blocks of 3 classes
     "dense": {"dense_limit": 1 << 40, "topk_min_classes": 1 << 40, "chain_runs": False},
     "segment": {"dense_limit": 0, "topk_min_classes": 1, "chain_runs": False, "class_major_min_classes": 1 << 40},
     "class_major": {"dense_limit": 0, "topk_min_classes": 1, "chain_runs": False},
+    "class_major_full": {"dense_limit": 0, "topk_min_classes": 1, "chain_runs": False, "cost_top_k_ranker": False},
     "runs": {"dense_limit": 0, "topk_min_classes": 1, "chain_runs": 3},
 }
 
@@ -163,3 +165,90 @@ def test_class_major_expected_cost_with_ties(cost, logits):
         np.testing.assert_allclose(out["scores"], ref["scores"], rtol=1e-6)
         if k:
             np.testing.assert_array_equal(out["top_k_ids"], ref["top_k_ids"])
+
+
+def wide_ragged_tree(num_classes=3000, seed=0):
+    """Three levels above the classes, every 7th class one level shallower, class ids shuffled (so a node's
+    classes are neither contiguous nor sorted)."""
+    ids = np.random.default_rng(seed).permutation(num_classes)
+    paths = [(f"g{c // 300}", f"f{c // 9}", f"c{c}") if c % 7 else (f"g{c // 300}", f"c{c}") for c in ids]
+    return Hierarchy(paths, [p[-1] for p in paths])
+
+
+@pytest.mark.parametrize("cost", decoding.COSTS)
+@pytest.mark.parametrize("batch", [1, 40])  # the unsorted and the sorted segment maximum
+@pytest.mark.parametrize("general_weights", [False, True])
+def test_cost_top_k_ranks_under_the_best_nodes_only(cost, batch, general_weights, monkeypatch):
+    """CostTopK's candidates alone give the k best classes of the whole ranking on peaked outputs (ties
+    included), and that ranking (`decoding.negated_cost`) is never computed (eager cond: only the branch
+    taken runs)."""
+    h = wide_ragged_tree()
+    tables = decoding.DecoderTables(h, dense_limit=0)
+    ops = serving_graph._ClassMajorOps()
+    assert serving_graph.CostTopK.applies(tables, cost)
+    ranker = serving_graph.CostTopK(tables, cost, ops)
+    if general_weights:
+        assert ranker.node_weight is not None
+        ranker.node_weight = None  # the leaf weights multiplied before the maximum, as for any tree
+    x = (np.random.default_rng(1).normal(size=(batch, h.num_classes)) * 8).astype(np.float32)
+    p = tf.transpose(tf.nn.softmax(x))
+    levels = decoding.marginals(p, tables, ops)
+
+    def refused(*args):
+        raise AssertionError("the whole ranking was computed")
+
+    ranking = decoding.negated_cost(p, levels, tables, cost, ops)  # the whole ranking, same float operations
+    for k in (1, 5, 17):
+        ref = ops.top_k(ranking, k)[1].numpy()
+        with monkeypatch.context() as patch:
+            patch.setattr(decoding, "negated_cost", refused)
+            ids = ranker(p, levels, k).numpy()
+        np.testing.assert_array_equal(ids, ref)
+
+
+@pytest.mark.parametrize("logits", ["zeros", "ties", "near_uniform"])
+def test_cost_top_k_falls_back_on_ties_across_nodes(logits):
+    """Outputs whose node bounds tie beyond the margin take the whole ranking: the ids of the graph that
+    ranks every class. (Against NumPy's `decode`, exact ties can differ by float summation order.)"""
+    h = wide_ragged_tree()
+    rng = np.random.default_rng(2)
+    x = {"zeros": np.zeros((20, h.num_classes)), "ties": rng.integers(0, 2, size=(20, h.num_classes)),
+         "near_uniform": rng.normal(size=(20, h.num_classes)) * 1e-3}[logits].astype(np.float32)
+    for k in (None, 3, 40):
+        out = served(h, x, "class_major", decoder="expected_cost", top_k=k)
+        ref = served(h, x, "class_major_full", decoder="expected_cost", top_k=k)
+        np.testing.assert_array_equal(out["class_ids"], ref["class_ids"])
+        if k:
+            np.testing.assert_array_equal(out["top_k_ids"], ref["top_k_ids"])
+
+
+def test_cost_top_k_checks_its_candidates_on_tied_small_trees(monkeypatch):
+    """With one node of margin, tied outputs on small shuffled trees take both branches; every answer
+    equals the whole ranking's."""
+    monkeypatch.setattr(serving_graph.CostTopK, "TIE_MARGIN", 1)
+    whole = decoding.negated_cost
+    branches = set()
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        paths = [(f"g{c % 2}", f"f{c % 5}", f"c{c}") for c in rng.permutation(14)]
+        h = Hierarchy(paths, [p[-1] for p in paths])
+        tables, ops = decoding.DecoderTables(h, dense_limit=0), serving_graph._ClassMajorOps()
+        ranker = serving_graph.CostTopK(tables, "path", ops)
+        p = tf.transpose(tf.nn.softmax(rng.integers(0, 3, size=(4, 14)).astype(np.float32)))
+        levels = decoding.marginals(p, tables, ops)
+        for k in (1, 2, 3):
+            calls = []
+            monkeypatch.setattr(decoding, "negated_cost", lambda *args, calls=calls: calls.append(1) or whole(*args))
+            ids = ranker(p, levels, k).numpy()
+            monkeypatch.setattr(decoding, "negated_cost", whole)
+            np.testing.assert_array_equal(ids, ops.top_k(whole(p, levels, tables, "path", ops), k)[1].numpy())
+            branches.add(bool(calls))
+    assert branches == {False, True}
+
+
+def test_cost_top_k_on_a_tree_with_fewer_nodes_than_k():
+    paths = [("a", "x", f"c{c}") for c in range(6)] + [("b", "y", f"d{c}") for c in range(5)]
+    h = Hierarchy(paths, [p[-1] for p in paths])
+    x = np.random.default_rng(0).normal(size=(4, h.num_classes)).astype(np.float32)
+    out = served(h, x, "class_major", decoder="expected_cost", top_k=3)
+    np.testing.assert_array_equal(out["top_k_ids"], decoding.decode(x, h, "expected_cost", top_k=3)["top_k_ids"])
