@@ -12,6 +12,7 @@ table gives the median and the minimum over the calls.
     .venv/bin/python benchmarks/bench_export.py            # full run, writes BENCHMARKS.md
     .venv/bin/python benchmarks/bench_export.py --quick    # a few seconds per row, no BENCHMARKS.md
     .venv/bin/python benchmarks/bench_export.py --classes 100000 --batches 256   # a subset, no BENCHMARKS.md
+    .venv/bin/python benchmarks/bench_export.py --loaders c++   # TF_SessionRun only (TF-Serving's loader)
 """
 
 import argparse
@@ -28,6 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _c_loader_timing import session_run_times  # noqa: E402
 from _report import publish  # noqa: E402
 
 from keras_hier import export, hierarchies  # noqa: E402
@@ -116,24 +118,34 @@ def setups(quick, sizes=(100, 10_000, 100_000)):
     return rows
 
 
-def bench_setup(label, hierarchy, build, tmp, index, quick, batches=(1, 256), decoders=("argmax", "expected_cost")):
+def measure_c_loader(paths, x, calls):
+    """As `measure`, through TensorFlow's C++ loader (`TF_SessionRun` only, in a child process)."""
+    times = session_run_times(paths, {"images": x}, calls)
+    return [float(np.median(t)) for t in times], [float(np.min(t)) for t in times]
+
+
+def bench_setup(label, hierarchy, build, tmp, index, quick, batches=(1, 256), decoders=("argmax", "expected_cost"),
+                loaders=("python", "c++")):
     model = build(hierarchy.num_classes) if build is tiny_cnn else build(hierarchy)
-    plain = tf.saved_model.load(plain_argmax_export(model, os.path.join(tmp, f"plain{index}")))
-    variants = []
+    plain_path = plain_argmax_export(model, os.path.join(tmp, f"plain{index}"))
+    plain = tf.saved_model.load(plain_path)
+    paths, variants = [], []
     for decoder in decoders:
-        path = export.export_saved_model(model, hierarchy, os.path.join(tmp, f"hier{index}_{decoder}"),
-                                         decoder=decoder, backoff_threshold=0.5, top_k=5)
-        variants.append(tf.saved_model.load(path).signatures["serving_default"])
+        paths.append(export.export_saved_model(model, hierarchy, os.path.join(tmp, f"hier{index}_{decoder}"),
+                                               decoder=decoder, backoff_threshold=0.5, top_k=5))
+        variants.append(tf.saved_model.load(paths[-1]).signatures["serving_default"])
     rows = []
     for batch in batches:
         x = np.random.default_rng(batch).uniform(0, 1, size=(batch, *SHAPE)).astype(np.float32)
         calls = (30 if batch == 1 else 4) if quick else (400 if batch == 1 else 30)
-        for name, variant in zip(decoders, variants):
-            medians, minima = measure([plain.signatures["serving_default"], variant], x, calls)
-            rows.append((label, batch, name, medians, minima))
-            print(f"{label} batch {batch} {name}: plain {medians[0] * 1e3:.3f} ms, keras_hier "
-                  f"{medians[1] * 1e3:.3f} ms ({medians[1] / medians[0]:.3f}x median, "
-                  f"{minima[1] / minima[0]:.3f}x min)", flush=True)
+        for name, path, variant in zip(decoders, paths, variants):
+            for loader in loaders:
+                medians, minima = measure([plain.signatures["serving_default"], variant], x, calls) \
+                    if loader == "python" else measure_c_loader([plain_path, path], x, calls)
+                rows.append((label, batch, name, loader, medians, minima))
+                print(f"{label} batch {batch} {name} ({loader}): plain {medians[0] * 1e3:.3f} ms, keras_hier "
+                      f"{medians[1] * 1e3:.3f} ms ({medians[1] / medians[0]:.3f}x median, "
+                      f"{minima[1] / minima[0]:.3f}x min)", flush=True)
     return rows
 
 
@@ -144,17 +156,20 @@ def main(argv=None):
                         help="only these tree sizes (results not written unless all)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 256], help="batch sizes")
     parser.add_argument("--decoders", nargs="+", default=["argmax", "expected_cost"], help="keras_hier decoders")
+    parser.add_argument("--loaders", nargs="+", default=["python", "c++"], choices=["python", "c++"],
+                        help="python: tf.saved_model.load signatures; c++: TF_SessionRun in TensorFlow's C++ loader")
     args = parser.parse_args(argv)
     partial = (sorted(args.classes) != [100, 10_000, 100_000] or sorted(args.batches) != [1, 256]
-               or sorted(args.decoders) != ["argmax", "expected_cost"])
+               or sorted(args.decoders) != ["argmax", "expected_cost"] or sorted(args.loaders) != ["c++", "python"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for index, (label, hierarchy, build) in enumerate(setups(args.quick, args.classes)):
-            rows += bench_setup(label, hierarchy, build, tmp, index, args.quick, args.batches, args.decoders)
-    table = ["| model | batch | keras_hier decoder | plain argmax (median / min) | keras_hier (median / min) "
-             "| ratio median | ratio min |", "|---|---|---|---|---|---|---|"]
-    for label, batch, name, medians, minima in rows:
-        table.append(f"| {label} | {batch} | `{name}` | {medians[0] * 1e3:.3f} / {minima[0] * 1e3:.3f} ms "
+            rows += bench_setup(label, hierarchy, build, tmp, index, args.quick, args.batches, args.decoders,
+                                args.loaders)
+    table = ["| model | batch | keras_hier decoder | loader | plain argmax (median / min) | keras_hier (median / min) "
+             "| ratio median | ratio min |", "|---|---|---|---|---|---|---|---|"]
+    for label, batch, name, loader, medians, minima in rows:
+        table.append(f"| {label} | {batch} | `{name}` | {loader} | {medians[0] * 1e3:.3f} / {minima[0] * 1e3:.3f} ms "
                      f"| {medians[1] * 1e3:.3f} / {minima[1] * 1e3:.3f} ms | {medians[1] / medians[0]:.3f}x "
                      f"| {minima[1] / minima[0]:.3f}x |")
     lines = ["## Export: serving latency of hierarchy-consistent SavedModels (`keras_hier.export`)", "",
@@ -163,7 +178,10 @@ def main(argv=None):
              "`keras.export.ExportArchive`, returning argmax class ids + scores. keras_hier: "
              "`export_saved_model(..., backoff_threshold=0.5, top_k=5)` with each decoder, returning classes, "
              "top-5, per-level ids/names/marginals and back-off, after its input checks (shape, NaN/inf, empty "
-             "batch). The two sides alternate call by call. Target: keras_hier within 1.10x of plain "
+             "batch). The two sides alternate call by call. Loader `python`: the signature called in the "
+             "process that loaded it (outputs read as NumPy); `c++`: `TF_SessionRun` alone through TensorFlow's "
+             "C++ SavedModel loader (`keras_hier.serving_kit.c_loader`, the loader TF-Serving is built on), in a "
+             "process without the Python TensorFlow. Target: keras_hier within 1.10x of plain "
              "(issue 9: C = 100 and 10 000; issue 14: C = 100 000), batch 1 and 256.", "", *table]
     publish("export", lines, write=not (args.quick or partial))
 
