@@ -14,8 +14,9 @@ this module). Switching chordal to arccos is the `distance` argument.
   `squared_distance`, and the head logit forms `normface_logits`
   (z = s - (s/2) d^2) and `proxydr_logits` (z = -(s/2) ln(d^2 + eps)).
   On TensorFlow their chordal forms run as fused matmuls with hand-written
-  gradients (same values, fewer passes over [B, C] and [C, D]; see
-  `_proxydr_chordal_tf`); JAX and PyTorch run the `keras.ops` forms.
+  gradients and small XLA clusters for the element-wise tails (same values,
+  fewer passes over [B, C] and [C, D]; see `_proxydr_chordal_tf` and
+  `FUSE_WITH_XLA`); JAX and PyTorch run the `keras.ops` forms.
 
 Keras is imported on first use of the `keras.ops` half, so importing this
 module does not import TensorFlow.
@@ -242,7 +243,46 @@ def _in_xla_context(tf):
 # TensorFlow fast paths of the head logits. At C = 100 000 a head's cost beyond a Dense head is its passes
 # over [B, C] and [C, D] (B = D = 128: both 12.8 M floats); autograd of the keras.ops forms adds about ten
 # (the normalisation's gradient, a [D, C] -> [C, D] transpose, log / maximum and their gradients). These
-# forms compute the same values with hand-written gradients and `transpose_b` matmuls.
+# forms compute the same values with hand-written gradients and `transpose_b` matmuls, and run their
+# element-wise tails as small XLA clusters (`_compiled_tf`): TensorFlow's CPU kernels take one pass over
+# memory per op, and its Log kernel alone costs as much as three passes. The forward pass compiles only
+# while a gradient tape records (training), so inference graphs (predict, evaluate, SavedModel export) keep
+# plain TensorFlow ops.
+
+#: TensorFlow: run the heads' element-wise tails as XLA clusters (set False on a device without XLA, e.g. a
+#: PluggableDevice; the values are the same either way).
+FUSE_WITH_XLA = True
+_COMPILED = {}
+
+
+def _xla_on(tf):
+    """True when the tails may compile: `FUSE_WITH_XLA` and a TensorFlow built with XLA."""
+    if "built" not in _COMPILED:
+        _COMPILED["built"] = bool(tf.test.is_built_with_xla())
+    return FUSE_WITH_XLA and _COMPILED["built"]
+
+
+def _compiled_tf(tf, function):
+    """`function` as one XLA cluster (`tf.function(jit_compile=True)`, built once); `function` itself inside
+    an XLA context (which fuses it anyway) or when XLA is off (`_xla_on`)."""
+    if _in_xla_context(tf) or not _xla_on(tf):
+        return function
+    compiled = _COMPILED.get(function)
+    if compiled is None:
+        compiled = _COMPILED[function] = tf.function(function, jit_compile=True, autograph=False)
+    return compiled
+
+
+def _recording_tf():
+    """True while a gradient tape records (training): then the forward tails compile (`_compiled_tf`)."""
+    try:
+        from tensorflow.python.eager import record
+
+        return bool(record.could_possibly_record())
+    except Exception:  # noqa: BLE001 - a moved private helper: the plain ops, same values
+        return False
+
+
 def _row_norms_tf(tf, rows):
     """||w|| of each row of [C, D] in one pass (XLA, which has no EuclideanNorm kernel, fuses two)."""
     if _in_xla_context(tf):
@@ -257,17 +297,32 @@ def _sphere_terms_tf(tf, proxies, epsilon):
     return 1.0 / tf.maximum(norm, math.sqrt(epsilon)), norm * norm >= epsilon
 
 
-def _proxy_gradient_tf(tf, proxies, inverse, live, grad_scaled):
-    """dL/dw from A = (dL/dw_hat) / n, which the matmul gives: A - w (w . A) / n^2 (two passes over [C, D]
-    beyond the row dot products)."""
-    radial = tf.where(live, tf.reduce_sum(proxies * grad_scaled, axis=1) * tf.square(inverse), 0.0)
-    return grad_scaled - proxies * radial[:, None]
+def _proxy_gradient(proxies, inverse, live, grad, grad_scale, fused=True):
+    """dL/dw = A - w (w . A) / n^2 with A = (dL/dw_hat) / n = grad * grad_scale (per row); below the eps
+    floor (not `live`) only the scaling, as autograd of `l2_normalize`.
+
+    `fused` (under XLA): the row dot products as an einsum on `grad` itself, so XLA reads grad and w twice
+    and writes the result once (its row reduction of a product is slower, and so is TensorFlow's einsum).
+    """
+    import tensorflow as tf
+
+    dots = tf.einsum("cd,cd->c", proxies, grad) if fused else tf.reduce_sum(proxies * grad, axis=1)
+    radial = tf.where(live, dots * grad_scale * tf.square(inverse), 0.0)
+    return grad * grad_scale[:, None] - proxies * radial[:, None]
+
+
+def _proxy_gradient_tf(tf, proxies, inverse, live, grad, grad_scale=None):
+    """`_proxy_gradient` (grad_scale None: 1) as one XLA cluster: two passes over [C, D] where
+    TensorFlow's CPU kernels take four or five (products, row sums, radial part, difference, scaling)."""
+    grad_scale = tf.ones_like(inverse) if grad_scale is None else grad_scale
+    fused = _in_xla_context(tf) or _xla_on(tf)
+    return _compiled_tf(tf, _proxy_gradient)(proxies, inverse, live, grad, grad_scale, fused)
 
 
 def _normface_chordal_tf(x, proxies, scale, epsilon=EPSILON):
     """Chordal `normface_logits` on TensorFlow: z = (s x_hat) . w_hat, the scale on the [B, D] side (no
     element-wise pass over [B, C]); x already normalised. w_hat = w / n in one pass over [C, D], with a
-    hand-written gradient (`_proxy_gradient_tf`)."""
+    hand-written gradient (`_proxy_gradient_tf`, the 1 / n folded into its fused pass)."""
     import tensorflow as tf
 
     @tf.custom_gradient
@@ -275,11 +330,18 @@ def _normface_chordal_tf(x, proxies, scale, epsilon=EPSILON):
         inverse, live = _sphere_terms_tf(tf, proxies, epsilon)
 
         def gradient(upstream):
-            return _proxy_gradient_tf(tf, proxies, inverse, live, upstream * inverse[:, None])
+            return _proxy_gradient_tf(tf, proxies, inverse, live, upstream, inverse)
 
         return proxies * inverse[:, None], gradient
 
     return tf.linalg.matmul(x * scale, unit_rows(proxies), transpose_b=True)
+
+
+def _proxydr_from_scaled_d2(scaled_d2, inverse, scale, epsilon):
+    """z = -(s/2) ln(q / n + eps) from q = n d^2 (element-wise over [B, C])."""
+    import tensorflow as tf
+
+    return tf.math.xlogy(-0.5 * scale, scaled_d2 * inverse + epsilon)
 
 
 def _proxydr_chordal_tf(x, proxies, scale, epsilon):
@@ -289,11 +351,12 @@ def _proxydr_chordal_tf(x, proxies, scale, epsilon):
     (floored at sqrt(eps), as `l2_normalize`), one fused MatMul + BiasAdd +
     Relu (Grappler's remapper) on the raw proxies gives
     q = relu(2 n - 2 x_hat . w_c) = n d^2, then z = -(s/2) ln(q / n + eps)
-    in three element-wise passes over [B, C] (the last two in place).
+    element-wise over [B, C]: one XLA pass while a gradient tape records,
+    three TensorFlow passes otherwise (inference graphs stay plain).
     Backward, with G = g / q (0 where the relu clipped): grad x_hat =
     s G w and A = s G^T x_hat = dz/dw_hat / n, so the proxy gradient
-    A - w (w . A) / n^2 comes out of the matmul already scaled: the row dot
-    products, then two passes over [C, D].
+    A - w (w . A) / n^2 comes out of the matmul already scaled: one XLA
+    cluster, two passes over [C, D] (`_proxy_gradient_tf`).
 
     2 n - 2 x_hat . w is exact in float32 where it is small (Sterbenz), so
     q is 0 or at least n 2^-24 and g / q equals g / (n (d^2 + eps)) to
@@ -312,20 +375,21 @@ def _proxydr_chordal_tf(x, proxies, scale, epsilon):
     """
     import tensorflow as tf
 
+    tail = _compiled_tf(tf, _proxydr_from_scaled_d2) if _recording_tf() else _proxydr_from_scaled_d2
+
     @tf.custom_gradient
     def logits(x, proxies, scale):
         inverse, live = _sphere_terms_tf(tf, proxies, epsilon)
         # relu: d^2 >= 0 where rounding makes 2 - 2 cos negative (cos a hair above 1); no gradient there.
         scaled_d2 = tf.nn.relu(tf.nn.bias_add(tf.linalg.matmul(x * -2.0, proxies, transpose_b=True),
                                               2.0 / inverse))
-        shifted = scaled_d2 * inverse + epsilon
-        z = tf.math.xlogy(-0.5 * scale, shifted)
+        z = tail(scaled_d2, inverse, scale, epsilon)
 
         def gradient(upstream):
             per_cos = tf.math.divide_no_nan(upstream, scaled_d2)
             grad_x = tf.linalg.matmul(per_cos, proxies) * scale
             grad_w = tf.linalg.matmul(per_cos, x * scale, transpose_a=True)
-            grad_scale = -0.5 * tf.reduce_sum(upstream * tf.math.log(shifted))
+            grad_scale = -0.5 * tf.reduce_sum(upstream * tf.math.log(scaled_d2 * inverse + epsilon))
             return grad_x, _proxy_gradient_tf(tf, proxies, inverse, live, grad_w), grad_scale
 
         return z, gradient

@@ -124,3 +124,49 @@ def test_xla_gives_the_same_logits_and_gradients(kind):
     for a, b in zip(compiled, graph):
         assert_close(a.numpy(), b.numpy(), rtol=1e-4)
     assert_close(graph[0].numpy(), reference(x, w, 5.0, upstream, kind)[0])
+
+
+def compiled_calls(graph):
+    """Names of the XLA-compiled calls (`_XlaMustCompile`) in a traced graph and its functions."""
+    graph_def = graph.as_graph_def()
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    return [n.name for n in nodes if n.attr["_XlaMustCompile"].b]
+
+
+def traced(kind, with_gradient):
+    def run(x, w):
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            z = FORMS[kind][0](x, w, 5.0)
+        return [z, tape.gradient(z, w)] if with_gradient else [z]
+
+    def forward(x, w):  # no tape: an inference graph
+        return [FORMS[kind][0](x, w, 5.0)]
+
+    x, w, _ = inputs(4)
+    return tf.function(run if with_gradient else forward).get_concrete_function(tf.constant(x), tf.constant(w))
+
+
+@pytest.mark.parametrize("kind", sorted(FORMS))
+def test_training_compiles_the_tails_and_inference_graphs_stay_plain(kind):
+    assert compiled_calls(traced(kind, with_gradient=False).graph) == []
+    # ProxyDR: the forward tail and the proxy gradient; NormFace: the proxy gradient.
+    assert len(compiled_calls(traced(kind, with_gradient=True).graph)) == (2 if kind == "proxydr" else 1)
+    x, w, upstream = inputs(5)
+    plain = FORMS[kind][0](tf.constant(x), tf.constant(w), 5.0).numpy()
+    training = tf_logits_and_gradients(FORMS[kind][0], x, w, 5.0, upstream)
+    assert_close(training[0], plain, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(FORMS))
+def test_without_xla_the_same_values_and_gradients(kind, monkeypatch):
+    monkeypatch.setattr(kh_ops, "FUSE_WITH_XLA", False)
+    assert compiled_calls(traced(kind, with_gradient=True).graph) == []
+    x, w, upstream = inputs(6)
+    w[2] *= 1e-8  # below the eps floor: only the scaling
+    got = tf_logits_and_gradients(FORMS[kind][0], x, w, 7.0, upstream)
+    for value, expected in zip(got, tf_logits_and_gradients(FORMS[kind][1], x, w, 7.0, upstream)):
+        assert_close(value, expected)
+    monkeypatch.setattr(kh_ops, "FUSE_WITH_XLA", True)
+    for value, expected in zip(got, tf_logits_and_gradients(FORMS[kind][0], x, w, 7.0, upstream)):
+        assert_close(value, expected, rtol=1e-5)
