@@ -333,7 +333,7 @@ class CostTopK:
     Use `CostTopK.applies(tables, cost)` first: leaf weights must be >= 0.
     """
 
-    TIE_MARGIN = 16  # M = k + TIE_MARGIN nodes, up to MAX_CANDIDATES candidate classes
+    TIE_MARGIN = 4  # M = k + TIE_MARGIN nodes, up to MAX_CANDIDATES candidate classes
     MAX_CANDIDATES = 4096
     BLOCK_TARGET = 20  # the node top-k gathers M * block values per column
 
@@ -378,11 +378,9 @@ class CostTopK:
             nodes = tf.gather(self.node_order, nodes)
         ranked = num_nodes - 1 if num_nodes > k else num_nodes
         candidates = tf.reshape(tf.gather(self.children, nodes[:, :ranked]), [tf.shape(nodes)[0], -1])
-        candidates = tf.sort(candidates, axis=1)
         scores = ops.take_rows(spread, tf.gather(self.parents, candidates)) \
             + ops.take_rows(p, tf.minimum(candidates, num_classes - 1)) * tf.gather(self.leaf_weight, candidates)
-        values, where = tf.math.top_k(tf.where(candidates < num_classes, scores, float("-inf")), k)
-        ids = tf.gather(candidates, where, batch_dims=1)
+        values, ids = _top_k_lowest_id_first(tf.where(candidates < num_classes, scores, float("-inf")), candidates, k)
         if ranked == num_nodes:  # every node's classes are candidates
             return ids
         bound, kth = upper[:, num_nodes - 1], values[:, k - 1]
@@ -390,6 +388,18 @@ class CostTopK:
         complete = tf.reduce_all((bound < kth) | ((bound == kth) & (next_first > ids[:, k - 1])))
         return tf.cond(complete, lambda: ids, lambda: ops.top_k(
             decoding.negated_cost(p, levels, self.tables, self.cost, ops), k)[1])
+
+
+def _top_k_lowest_id_first(scores, ids, k):
+    """(values, ids) [B, k] of the k best `scores` [B, n] (finite or -inf), equal scores by lowest id:
+    one top-k over int64 keys (the score's order-preserving int32 bits above the negated id)."""
+    import tensorflow as tf
+
+    bits = tf.bitcast(scores + 0.0, tf.int32)  # + 0.0: -0.0 -> +0.0 (equal scores, equal keys)
+    ordered = tf.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # int order == float order
+    keys = tf.bitwise.left_shift(tf.cast(ordered, tf.int64), 32) - tf.cast(ids, tf.int64)
+    _, where = tf.math.top_k(keys, k)
+    return tf.gather(scores, where, batch_dims=1), tf.gather(ids, where, batch_dims=1)
 
 
 def gather_block_size(width, target=100):
