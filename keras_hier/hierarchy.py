@@ -550,7 +550,7 @@ class Hierarchy:
         """
         extra = {"wordnet_choices": dict(self.wordnet_choices)} if self.wordnet_choices else None
         return {"format": CONFIG_FORMAT, "num_classes": self.num_classes,
-                "tree": encode_tree(self._classes, self._paths, extra)}
+                "tree": encode_tree(self._classes, self._paths, extra, (self._ancestors, self._representatives))}
 
     @classmethod
     def from_config(cls, config):

@@ -11,6 +11,7 @@ import csv
 import io
 import itertools
 import json
+import operator
 import os
 
 import numpy as np
@@ -197,27 +198,30 @@ def atomic_write(path, text):
     os.replace(tmp, path)
 
 
-def encode_tree(classes, paths, extra=None):
+def encode_tree(classes, paths, extra=None, levels=None):
     """One compact JSON string holding a tree: node names once, parent indices, class leaves.
 
-    Nodes are the distinct path prefixes, numbered so that a parent comes
-    before its children; `"parent"` holds each node's parent index (-1 for
-    the root's children), `"leaf"` each class's leaf node. `"classes"` is
-    stored only when a class name differs from its leaf's node name.
+    Nodes are the distinct path prefixes, numbered level by level (so a
+    parent comes before its children); `"parent"` holds each node's parent
+    index (-1 for the root's children), `"leaf"` each class's leaf node.
+    `"classes"` is stored only when a class name differs from its leaf's node
+    name. `levels`: `level_ids(paths)` when the caller has it (O(C) NumPy per
+    level then; the names are the only per-node Python work).
     """
-    index, names, parent, leaf = {}, [], [], []
-    for path in paths:
-        node = -1
-        for name in path:  # a node is (its parent's index, its name): O(depth) per class, no prefix tuples
-            child = index.get((node, name))
-            if child is None:
-                child = index[(node, name)] = len(names)
-                names.append(name)
-                parent.append(node)
-            node = child
-        leaf.append(node)
-    tree = {"nodes": names, "parent": parent, "leaf": leaf}
-    if any(name != path[-1] for name, path in zip(classes, paths)):
+    ancestors, representatives = level_ids(paths) if levels is None else levels
+    lengths = np.fromiter(map(len, paths), dtype=np.int64, count=len(paths))
+    names, parent, leaf = [], [], np.empty(len(paths), dtype=np.int64)
+    index = None
+    for level, (ids, first) in enumerate(zip(ancestors, representatives)):
+        real = np.flatnonzero(lengths[first] > level)  # the others repeat a shallower leaf
+        names.extend(map(operator.itemgetter(level), map(paths.__getitem__, first[real].tolist())))
+        parent.extend([-1] * len(real) if index is None else index[ancestors[level - 1][first[real]]].tolist())
+        index = np.full(len(first), -1, dtype=np.int64)
+        index[real] = len(names) - len(real) + np.arange(len(real))
+        ends = lengths == level + 1
+        leaf[ends] = index[ids[ends]]
+    tree = {"nodes": names, "parent": parent, "leaf": leaf.tolist()}
+    if list(classes) != list(map(operator.itemgetter(-1), paths)):
         tree["classes"] = list(classes)
     tree.update(extra or {})
     return json.dumps(tree, ensure_ascii=False, separators=(",", ":"))

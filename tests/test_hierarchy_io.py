@@ -51,10 +51,14 @@ def test_encode_decode_tree_stores_each_node_once():
     paths = [("a/b", "x"), ("a/b", "é"), ("c", "x")]
     text = encode_tree(["x", "é", "x2"], paths)
     tree = json.loads(text)
-    assert tree["nodes"] == ["a/b", "x", "é", "c", "x"] and tree["parent"] == [-1, 0, 0, -1, 3]
+    assert tree["nodes"] == ["a/b", "c", "x", "é", "x"] and tree["parent"] == [-1, -1, 0, 0, 1]  # level by level
+    assert tree["leaf"] == [2, 3, 4]
     assert tree["classes"] == ["x", "é", "x2"]     # stored because 'x2' differs from its node name
     classes, decoded, _ = decode_tree(text)
     assert classes == ["x", "é", "x2"] and decoded == paths
+    # the depth-first layout that earlier versions wrote still reads back
+    earlier = '{"nodes":["a/b","x","é","c","x"],"parent":[-1,0,0,-1,3],"leaf":[1,2,4],"classes":["x","é","x2"]}'
+    assert decode_tree(earlier)[:2] == (["x", "é", "x2"], paths)
     with pytest.raises(ValueError, match="2 nodes but 1 parent entries"):
         decode_tree('{"nodes": ["a", "b"], "parent": [-1], "leaf": [1]}')
 
