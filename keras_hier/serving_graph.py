@@ -363,6 +363,11 @@ class CostTopK:
         wanted = max(k + 1, min(k + self.TIE_MARGIN, self.MAX_CANDIDATES // self.children.shape[1] + 1))
         return min(wanted, self.step.num_segments)
 
+    def pays(self, k):
+        """Whether the candidates of the k best (M - 1 nodes, padded to the widest) stay below a quarter of
+        the classes (a few very wide nodes and a large k would rank more than the whole ranking)."""
+        return (self.num_nodes(k) - 1) * self.children.shape[1] <= self.tables.num_classes // 4
+
     def __call__(self, p, levels, k):
         """[B, k] class ids, best first (p [C, B] and the node marginals class-major)."""
         tf, ops, num_classes = self.ops.tf, self.ops, self.tables.num_classes
@@ -527,7 +532,8 @@ def serving_decoder(hierarchy, *, decoder="argmax", cost="path", backoff_thresho
             `MAX_CHAIN_RUNS` runs of class ids.
         class_major_min_classes: override of `CLASS_MAJOR_MIN_CLASSES` (tests force both layouts).
         cost_top_k_ranker: whether the class-major `expected_cost` decoder ranks under the best nodes only
-            (`CostTopK`); default: when it applies (tests force both).
+            (`CostTopK`, where it applies): True always, False never; default: when its candidates are few
+            (`CostTopK.pays`). Tests force both.
 
     Example:
 
@@ -555,9 +561,10 @@ def serving_decoder(hierarchy, *, decoder="argmax", cost="path", backoff_thresho
     cost_top_k = None
     if class_major:
         ops = _ClassMajorOps(TOPK_MIN_CLASSES if topk_min_classes is None else topk_min_classes)
-        if decoder == "expected_cost" and (CostTopK.applies(tables, cost) if cost_top_k_ranker is None
-                                           else cost_top_k_ranker):
+        if decoder == "expected_cost" and cost_top_k_ranker is not False and CostTopK.applies(tables, cost):
             cost_top_k = CostTopK(tables, cost, ops)
+            if cost_top_k_ranker is None and not cost_top_k.pays(top_k or 1):
+                cost_top_k = None
 
     def decode(scores):
         p = ops.softmax(scores) if from_logits else ops.float32(scores)

@@ -28,7 +28,7 @@ REGIMES = {  # dense: 0/1 membership matmuls + tf.math.top_k; segment: segment s
     # class_major_full: every class ranked; runs (argmax): the chosen chains summed from blocks of 3 classes
     "dense": {"dense_limit": 1 << 40, "topk_min_classes": 1 << 40, "chain_runs": False},
     "segment": {"dense_limit": 0, "topk_min_classes": 1, "chain_runs": False, "class_major_min_classes": 1 << 40},
-    "class_major": {"dense_limit": 0, "topk_min_classes": 1, "chain_runs": False},
+    "class_major": {"dense_limit": 0, "topk_min_classes": 1, "chain_runs": False, "cost_top_k_ranker": True},
     "class_major_full": {"dense_limit": 0, "topk_min_classes": 1, "chain_runs": False, "cost_top_k_ranker": False},
     "runs": {"dense_limit": 0, "topk_min_classes": 1, "chain_runs": 3},
 }
@@ -252,3 +252,16 @@ def test_cost_top_k_on_a_tree_with_fewer_nodes_than_k():
     x = np.random.default_rng(0).normal(size=(4, h.num_classes)).astype(np.float32)
     out = served(h, x, "class_major", decoder="expected_cost", top_k=3)
     np.testing.assert_array_equal(out["top_k_ids"], decoding.decode(x, h, "expected_cost", top_k=3)["top_k_ids"])
+
+
+def test_cost_top_k_is_skipped_where_its_candidates_would_outnumber_a_quarter_of_the_classes():
+    h = wide_ragged_tree()
+    tables = decoding.DecoderTables(h, dense_limit=0)
+    ranker = serving_graph.CostTopK(tables, "path", serving_graph._ClassMajorOps())
+    width = ranker.children.shape[1]
+    assert ranker.pays(5) and not ranker.pays(h.num_classes // (4 * width) + 1)
+    x = np.random.default_rng(0).normal(size=(3, h.num_classes)).astype(np.float32)
+    k = h.num_classes // (4 * width) + 1  # served by the whole ranking by default, same ids
+    out = serving_graph.serving_decoder(h, decoder="expected_cost", top_k=k, dense_limit=0)(tf.constant(x))
+    np.testing.assert_array_equal(out["top_k_ids"].numpy(), served(h, x, "class_major_full", decoder="expected_cost",
+                                                                   top_k=k)["top_k_ids"])
