@@ -257,13 +257,14 @@ def marginals(p, tables, ops):
     return levels[::-1]
 
 
-def negated_cost(p, levels, tables, cost, ops):
-    """[B, C]: -(expected cost - e_coef * E[depth]), the ranking of the `expected_cost` decoder."""
+def negated_cost(p, levels, tables, cost, ops, spread=None):
+    """[B, C]: -(expected cost - e_coef * E[depth]), the ranking of the `expected_cost` decoder
+    (`spread`: `node_cost` when the caller has it)."""
     terms = tables.cost_terms(cost)
     leaf_term = p * ops.line(terms["leaf_weight"])
     if tables.depth == 1:
         return leaf_term + ops.line(terms["bias"])
-    spread = node_cost(levels, tables, cost, ops)
+    spread = node_cost(levels, tables, cost, ops) if spread is None else spread
     if tables.dense:
         return ops.matmul(spread, terms["spread"][-1]) + leaf_term
     return ops.take_columns(spread, terms["gathers"][-1]) + leaf_term

@@ -392,7 +392,7 @@ class CostTopK:
         next_first = tf.gather(self.children[:, 0], nodes[:, num_nodes - 1])
         complete = tf.reduce_all((bound < kth) | ((bound == kth) & (next_first > ids[:, k - 1])))
         return tf.cond(complete, lambda: ids, lambda: ops.top_k(
-            decoding.negated_cost(p, levels, self.tables, self.cost, ops), k)[1])
+            decoding.negated_cost(p, levels, self.tables, self.cost, ops, spread), k)[1])
 
 
 def _top_k_lowest_id_first(scores, ids, k):
