@@ -253,6 +253,8 @@ def test_nan_inputs_and_bad_images_are_refused_by_name(exports, loader):
     good = smoke_test.png_bytes(np.zeros((8, 8, 1), np.uint8))
     with pytest.raises(CLoaderError, match=r"InvalidArgument.*\[image_bytes\] \[2\] \[is not a JPEG, PNG"):
         loader.run(path, "serving_bytes", {"image_bytes": np.array([good, good, b"junk"], dtype=object)})
+    with pytest.raises(CLoaderError, match=r"InvalidArgument.*\[image_bytes\] \[1\] \[could not be decoded \(corrupt"):
+        loader.run(path, "serving_bytes", {"image_bytes": np.array([good, good[:-20], good], dtype=object)})
     huge = smoke_test.png_bytes(np.zeros((1, 1, 1), np.uint8))
     huge = huge[:16] + (12_000).to_bytes(4, "big") + (12_000).to_bytes(4, "big") + huge[24:]  # header only
     with pytest.raises(CLoaderError, match=r"\[image_bytes\] \[1\] \[has\] \[144000000\] \[pixels, above the limit"):

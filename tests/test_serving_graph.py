@@ -265,3 +265,60 @@ def test_cost_top_k_is_skipped_where_its_candidates_would_outnumber_a_quarter_of
     out = serving_graph.serving_decoder(h, decoder="expected_cost", top_k=k, dense_limit=0)(tf.constant(x))
     np.testing.assert_array_equal(out["top_k_ids"].numpy(), served(h, x, "class_major_full", decoder="expected_cost",
                                                                    top_k=k)["top_k_ids"])
+
+
+# ------------------------------------------------------------------ image bytes
+def _encoded_images(count, seed=0):
+    """Small random RGB images of several sizes, encoded as JPEG and PNG in turn."""
+    rng = np.random.default_rng(seed)
+    pixels = [rng.integers(0, 256, (int(rng.integers(5, 30)), int(rng.integers(5, 30)), 3), dtype=np.uint8)
+              for _ in range(count)]
+    encoded = [(tf.io.encode_png if i % 2 else tf.io.encode_jpeg)(p).numpy() for i, p in enumerate(pixels)]
+    return encoded
+
+
+def _decode(encoded, limit=10_000, dtype="float32"):
+    fn = tf.function(lambda b: serving_graph.decode_images(b, (8, 6), 3, max_image_pixels=limit, dtype=dtype),
+                     input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+    return fn(tf.constant(encoded, tf.string)).numpy()
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_decode_images_decodes_and_resizes_each_image(count):
+    encoded = _encoded_images(count)
+    expected = [tf.image.resize(tf.io.decode_image(e, channels=3, expand_animations=False), (8, 6)).numpy() / 255.0
+                for e in encoded]
+    np.testing.assert_allclose(_decode(encoded), np.stack(expected), rtol=1e-6, atol=1e-6)
+    as_uint8 = _decode(encoded, dtype="uint8")
+    assert as_uint8.dtype == np.uint8
+    np.testing.assert_array_equal(as_uint8, np.clip(np.round(np.stack(expected) * 255.0), 0, 255))
+    assert _decode([]).shape == (0, 8, 6, 3)
+
+
+@pytest.mark.parametrize("count, bad", [(1, 0), (2, 0), (3, 1), (4, 3)])
+@pytest.mark.parametrize("damage", ["truncated", "header_only"])
+def test_decode_images_names_the_image_the_decoder_refuses(count, bad, damage):
+    encoded = _encoded_images(count, seed=bad)
+    encoded[bad] = encoded[bad][:len(encoded[bad]) // 2] if damage == "truncated" else encoded[bad][:20]
+    pattern = rf"\[image_bytes\] \[{bad}\] \[could not be decoded \(corrupt or truncated data\)\]"
+    if count == 1:  # a single image: the decoder's own message
+        pattern = r"Invalid (JPEG|PNG) data"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+        _decode(encoded)
+
+
+def test_decode_images_names_the_first_bad_image_of_each_kind():
+    encoded = _encoded_images(4)
+    every_one_truncated = [e[:len(e) // 2] for e in encoded]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[image_bytes\] \[0\] \[could not be decoded"):
+        _decode(every_one_truncated)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[image_bytes\] \[2\] \[is not a JPEG, PNG, GIF or BMP"):
+        _decode(encoded[:2] + [b"junk", b"more junk"])
+    big = tf.io.encode_png(np.zeros((40, 50, 3), np.uint8)).numpy()
+    for batch in ([encoded[0], big, big], [big], [encoded[0], big, b"junk"]):
+        index = batch.index(big)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=rf"\[image_bytes\] \[{index}\] \[has\] \[2000\] \[pixels"):
+            _decode(batch, limit=1999)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[image_bytes\] \[0\] \[is not a JPEG"):
+        _decode([b"junk"])
+    assert _decode([encoded[0], big], limit=2000).shape == (2, 8, 6, 3)
