@@ -10,7 +10,8 @@ this module). Switching chordal to arccos is the `distance` argument.
 - chordal distance d = sqrt(2 - 2 cos), angle theta = arccos(cos);
 - `tree_to_chordal(t, beta)`: T = sqrt(2) t / (beta + t), a tree distance
   mapped into [0, sqrt(2)) (the MDS target and the HS@k similarity);
-- `keras.ops` forms: `l2_normalize`, `cosine_logits_matrix`,
+- `keras.ops` forms: `l2_normalize`, `unit_directions` (any magnitude,
+  bounded gradient), `cosine_logits_matrix`,
   `squared_distance`, and the head logit forms `normface_logits`
   (z = s - (s/2) d^2) and `proxydr_logits` (z = -(s/2) ln(d^2 + eps)).
   On TensorFlow their chordal forms run as fused matmuls with hand-written
@@ -32,7 +33,7 @@ COS_CLIP = 1e-7
 DISTANCES = ("chordal", "arccos")
 
 __all__ = ["EPSILON", "COS_CLIP", "DISTANCES", "check_distance", "normalize_rows", "sphere_distances",
-           "chordal_distances", "tree_to_chordal", "float32", "l2_normalize", "cosine_logits_matrix",
+           "chordal_distances", "tree_to_chordal", "float32", "l2_normalize", "unit_directions", "cosine_logits_matrix",
            "squared_distance", "normface_logits", "proxydr_logits"]
 
 
@@ -126,6 +127,40 @@ def l2_normalize(x, axis=-1, epsilon=EPSILON):
     ops = _ops()
     squared = ops.sum(ops.square(x), axis=axis, keepdims=True)
     return x * ops.rsqrt(ops.maximum(squared, ops.cast(epsilon, squared.dtype)))
+
+
+def unit_directions(x, epsilon=EPSILON):
+    """Directions of the rows of `x` (`keras.ops`): exact for any finite magnitude, bounded gradient.
+
+    The value is x / ||x|| for rows from 1e-38 to 1e38 (each row is first
+    divided by its largest |x_i|, so the squared norm neither overflows nor
+    underflows); a zero row gives zeros. The gradient is that of
+    `l2_normalize`, (I - u u^T) / max(||x||, sqrt(eps)): an embedding that
+    is exactly zero (a ReLU backbone with every unit off) or nearly so gets
+    gradients at most 1 / sqrt(eps) = 1e6 times the upstream ones, where
+    1 / ||x|| would reach 1e36 and overflow the optimiser's moments.
+
+    Args:
+        x: [..., D] float tensor.
+        epsilon: floor of the squared norm in the gradient.
+
+    Returns:
+        Tensor like `x`, rows of unit norm (or zero).
+
+    Example:
+    >>> import keras
+    >>> x = keras.ops.convert_to_tensor([[3e-30, 4e-30], [0.0, 0.0]])
+    >>> keras.ops.convert_to_numpy(unit_directions(x)).round(6).tolist()
+    [[0.6, 0.8], [0.0, 0.0]]
+    """
+    ops = _ops()
+    peak = ops.stop_gradient(ops.max(ops.abs(x), axis=-1, keepdims=True))
+    peak = ops.where(peak > 0, peak, ops.ones_like(peak))
+    unit = ops.stop_gradient(l2_normalize(x / peak, epsilon=epsilon))
+    norm = peak * ops.sqrt(ops.sum(ops.square(x / peak), axis=-1, keepdims=True))
+    # Zero in value; carries the Jacobian (I - u u^T) / max(||x||, sqrt(eps)) to `x`.
+    step = (x - ops.stop_gradient(x)) / ops.stop_gradient(ops.maximum(norm, math.sqrt(epsilon)))
+    return unit + step - unit * ops.sum(unit * step, axis=-1, keepdims=True)
 
 
 def cosine_logits_matrix(embeddings, proxies):

@@ -289,12 +289,6 @@ def _check_proxies(proxies, num_classes, name):
     return (scaled / norms[:, None]).astype(np.float32)
 
 
-def _rescale_rows(x):
-    """x / max|x| per row: the direction kept, so 1e30 (or 1e-30) embeddings normalise without overflow."""
-    peak = ops.max(ops.abs(x), axis=-1, keepdims=True)
-    return x / ops.maximum(peak, 1e-30)
-
-
 class ProxyHead(keras.layers.Layer):
     """Base class of `NormFaceHead` and `ProxyDRHead`: C proxies on the unit sphere, a scale, after-step updates.
 
@@ -380,7 +374,7 @@ class ProxyHead(keras.layers.Layer):
         raise NotImplementedError
 
     def call(self, inputs, training=None):
-        x = _rescale_rows(kh_ops.float32(inputs))
+        x = kh_ops.unit_directions(kh_ops.float32(inputs))
         if training:
             if self.needs_update and not capture_embeddings.is_open:
                 raise RuntimeError(_NO_UPDATE_MESSAGE.format(name=self.name, cls=type(self).__name__))
@@ -414,7 +408,7 @@ class ProxyHead(keras.layers.Layer):
         """
         if not self.needs_update:
             return
-        x = kh_ops.l2_normalize(_rescale_rows(kh_ops.float32(embeddings)))
+        x = kh_ops.unit_directions(kh_ops.float32(embeddings))
         labels, valid = sparse_labels(labels, self.num_classes, type(self).__name__, with_valid=True)
         if self.dynamic_scale:  # uses the proxies of this step's forward pass
             self._update_scale(x, labels, logits)

@@ -78,3 +78,28 @@ def test_geometry_imports_without_tensorflow():
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-9, 1.0, 1e30])
+def test_unit_directions_value_and_bounded_gradient_match_numpy(magnitude):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4, 5))
+    x[2] = 0.0
+    upstream = rng.normal(size=(4, 5))
+    xt = tf.constant((x * magnitude).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        u = kh_ops.unit_directions(xt)
+        total = tf.reduce_sum(u * upstream.astype(np.float32))
+    grad = tape.gradient(total, xt).numpy()
+    x64 = np.asarray(xt.numpy(), np.float64)
+    norm = np.linalg.norm(x64 / magnitude, axis=1, keepdims=True) * magnitude
+    want = np.divide(x64, norm, out=np.zeros_like(x64), where=norm > 0)
+    np.testing.assert_allclose(u.numpy(), want, atol=1e-6)
+    # d(x / ||x||) with the norm floored at sqrt(1e-12), as autograd of l2_normalize.
+    projected = upstream - want * np.sum(want * upstream, axis=1, keepdims=True)
+    want_grad = projected / np.maximum(norm, 1e-6)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-5 * np.abs(want_grad).max())
+    assert np.all(np.abs(grad) <= 1e6 * np.abs(upstream).sum(axis=1, keepdims=True) * 1.01)

@@ -316,3 +316,21 @@ def test_scale_update_from_forward_logits_equals_recomputed(kind, distance):
             heads[0](x, training=True)
     assert float(heads[0].scale) != heads[0].initial_scale
     assert float(heads[0].scale) == pytest.approx(float(heads[1].scale), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_an_exactly_zero_embedding_trains_to_finite_weights(kind):
+    """A ReLU backbone can switch every unit off: the embedding is then exactly 0 (a zero-bias Dense). Its
+    gradient through the normalisation stays bounded, so Adam's moments stay finite."""
+    from keras_hier import build_classifier
+
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu")])
+    model = build_classifier(backbone, kind, num_classes=4, embedding_dim=4, dynamic_scale=True)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32)
+    x[3] = 0.0  # hidden = relu(0 + 0) = 0, embedding = 0 before the first step
+    history = model.fit(x, np.arange(16) % 4, epochs=3, batch_size=8, shuffle=False, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    for variable in model.weights + model.optimizer.variables:
+        assert np.all(np.isfinite(keras.ops.convert_to_numpy(variable))), variable.path
