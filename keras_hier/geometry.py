@@ -150,7 +150,7 @@ def unit_directions(x, epsilon=EPSILON):
     Example:
     >>> import keras
     >>> x = keras.ops.convert_to_tensor([[3e-30, 4e-30], [0.0, 0.0]])
-    >>> keras.ops.convert_to_numpy(unit_directions(x)).round(6).tolist()
+    >>> keras.ops.convert_to_numpy(unit_directions(x)).astype("float64").round(6).tolist()
     [[0.6, 0.8], [0.0, 0.0]]
     """
     ops = _ops()
