@@ -153,14 +153,42 @@ def unit_directions(x, epsilon=EPSILON):
     >>> keras.ops.convert_to_numpy(unit_directions(x)).astype("float64").round(6).tolist()
     [[0.6, 0.8], [0.0, 0.0]]
     """
+    if _backend() == "tensorflow":
+        return _unit_directions_tf(x, epsilon)
     ops = _ops()
-    peak = ops.stop_gradient(ops.max(ops.abs(x), axis=-1, keepdims=True))
-    peak = ops.where(peak > 0, peak, ops.ones_like(peak))
-    unit = ops.stop_gradient(l2_normalize(x / peak, epsilon=epsilon))
-    norm = peak * ops.sqrt(ops.sum(ops.square(x / peak), axis=-1, keepdims=True))
+    constant = ops.stop_gradient
+    peak = constant(ops.max(ops.abs(x), axis=-1, keepdims=True))
+    rows = x / ops.where(peak > 0, peak, 1.0)  # the largest |entry| 1: norm in [1, sqrt(D)], or a zero row
+    squared = ops.sum(ops.square(rows), axis=-1, keepdims=True)
+    inverse = ops.rsqrt(ops.maximum(squared, epsilon))
+    unit = constant(rows * inverse)
+    norm = peak * squared * inverse  # ||x||
     # Zero in value; carries the Jacobian (I - u u^T) / max(||x||, sqrt(eps)) to `x`.
-    step = (x - ops.stop_gradient(x)) / ops.stop_gradient(ops.maximum(norm, math.sqrt(epsilon)))
+    step = (x - constant(x)) / constant(ops.maximum(norm, math.sqrt(epsilon)))
     return unit + step - unit * ops.sum(unit * step, axis=-1, keepdims=True)
+
+
+def _unit_directions_tf(x, epsilon):
+    """`unit_directions` on TensorFlow: the same value and gradient, the gradient written by hand (seven
+    ops forward instead of about twenty; nothing extra in inference graphs)."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def directions(x):
+        peak = tf.reduce_max(tf.abs(x), axis=-1, keepdims=True)
+        rows = x / tf.where(peak > 0, peak, 1.0)
+        squared = tf.reduce_sum(tf.square(rows), axis=-1, keepdims=True)
+        inverse = tf.math.rsqrt(tf.maximum(squared, epsilon))
+        unit = rows * inverse
+
+        def gradient(upstream):
+            norm = peak * squared * inverse
+            radial = tf.reduce_sum(unit * upstream, axis=-1, keepdims=True)
+            return (upstream - unit * radial) / tf.maximum(norm, math.sqrt(epsilon))
+
+        return unit, gradient
+
+    return directions(x)
 
 
 def cosine_logits_matrix(embeddings, proxies):

@@ -80,9 +80,13 @@ def test_geometry_imports_without_tensorflow():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.parametrize("form", ["tensorflow", "keras.ops"])
 @pytest.mark.parametrize("magnitude", [1e-30, 1e-9, 1.0, 1e30])
-def test_unit_directions_value_and_bounded_gradient_match_numpy(magnitude):
+def test_unit_directions_value_and_bounded_gradient_match_numpy(magnitude, form, monkeypatch):
     import tensorflow as tf
+
+    if form == "keras.ops":  # the JAX / PyTorch form, differentiated here by TensorFlow
+        monkeypatch.setattr(kh_ops, "_backend", lambda: "keras.ops")
 
     rng = np.random.default_rng(4)
     x = rng.normal(size=(4, 5))
